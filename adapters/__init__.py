@@ -1,0 +1,1 @@
+"""Backend engines behind one protocol. vLLM first; another engine is a sibling module."""

@@ -1,0 +1,57 @@
+"""Engine profiles: step-time coefficients and capacity limits of one simulated server.
+
+Step time in microseconds = beta0 + beta1 * (prefill tokens in the step)
+                                  + beta2 * (decode tokens in the step),
+times a seeded lognormal noise factor. Coefficients for the GPU profiles are the BLIS fits to
+vLLM 0.8.4 (Llama-3.1-8B on H100 and A100, Llama-3.3-70B on H100 with TP4 and TP8).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    name: str
+    beta0_us: float
+    beta1_us: float
+    beta2_us: float
+    noise_cv: float = 0.03
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    kv_blocks: int = 26_000
+    block_size: int = 16
+    max_model_len: int = 32_768
+
+    def step_seconds(self, prefill_tokens: int, decode_tokens: int) -> float:
+        micros = self.beta0_us + self.beta1_us * prefill_tokens + self.beta2_us * decode_tokens
+        return micros / 1e6
+
+    def scaled(self, factor: float) -> Profile:
+        """The same engine made ``factor`` times slower (factor < 1: faster)."""
+        return replace(
+            self,
+            beta0_us=self.beta0_us * factor,
+            beta1_us=self.beta1_us * factor,
+            beta2_us=self.beta2_us * factor,
+        )
+
+
+# KV capacity: ~128 KiB per token for 8B and ~320 KiB for 70B; blocks of 16 tokens.
+PROFILES: dict[str, Profile] = {
+    "llama8b-h100": Profile("llama8b-h100", 5752.7, 17.25, 6.00, kv_blocks=26_000),
+    "llama8b-a100": Profile("llama8b-a100", 16441.5, 47.84, 18.21, kv_blocks=26_000),
+    "llama70b-h100-tp4": Profile("llama70b-h100-tp4", 12601.3, 76.42, 66.84, kv_blocks=40_000),
+    "llama70b-h100-tp8": Profile("llama70b-h100-tp8", 14140.8, 10.03, 19.40, kv_blocks=100_000),
+    # No modelled compute at all: for measuring what a gateway adds.
+    "instant": Profile("instant", 0.0, 0.0, 0.0, noise_cv=0.0),
+}
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        known = ", ".join(sorted(PROFILES))
+        raise ValueError(f"unknown profile {name!r}; known: {known}") from None

@@ -1,0 +1,49 @@
+"""Building the aiohttp application and running it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.api import openai, ops
+from gateway.api.openai import RUNTIME
+from gateway.config import GatewayConfig
+from gateway.middleware import openai_errors
+from gateway.runtime import Runtime
+from gateway.settings import Settings
+
+
+def build_app(settings: Settings, config: GatewayConfig) -> web.Application:
+    app = web.Application(middlewares=[openai_errors], client_max_size=settings.max_body_bytes)
+    runtime = Runtime(settings, config)
+    app[RUNTIME] = runtime
+    app.cleanup_ctx.append(runtime.lifespan)
+    ops.add_routes(app)
+    openai.add_routes(app)
+    return app
+
+
+@dataclass(frozen=True, slots=True)
+class RunningServer:
+    runner: web.AppRunner
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start_server(app: web.Application, host: str, port: int) -> RunningServer:
+    """Serve ``app`` on host:port (0 picks a free port). Handlers are cancelled when their
+    client disconnects, which is what lets the gateway cancel the upstream request."""
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = runner.addresses[0][1]
+    return RunningServer(runner, host, int(bound))

@@ -1,0 +1,84 @@
+"""The ``sluice`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from gateway.app import build_app, start_server
+from gateway.config import GatewayConfig, load_config
+from gateway.settings import Settings
+
+log = logging.getLogger("sluice")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sluice", description="SLO-aware gateway for vLLM")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", type=Path, help="YAML or JSON file: SLO classes, backends")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on; 0 picks a free one")
+    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
+    return parser
+
+
+async def _serve(settings: Settings, config: GatewayConfig) -> None:
+    server = await start_server(build_app(settings, config), settings.host, settings.port)
+    # One line on stdout, so that a parent process can learn the port it got.
+    print(f"sluice listening on {server.url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await server.stop()
+
+
+def _run(coro: Any) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro)
+    except ImportError:
+        asyncio.run(coro)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    overrides = {
+        key: value
+        for key, value in (
+            ("config", args.config),
+            ("host", args.host),
+            ("port", args.port),
+            ("log_level", args.log_level),
+        )
+        if value is not None
+    }
+    try:
+        settings = Settings(**overrides)
+        config = load_config(settings.config) if settings.config else GatewayConfig()
+    except (ValidationError, OSError, ValueError) as exc:
+        print(f"sluice: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    _run(_serve(settings, config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

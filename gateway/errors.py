@@ -1,0 +1,97 @@
+"""One error tree for the gateway.
+
+Each class carries its HTTP status and the OpenAI ``type``/``code`` it is reported with, so the
+error middleware turns any of them into ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class SluiceError(Exception):
+    """Base of every error the gateway reports to a client."""
+
+    status: ClassVar[int] = 500
+    error_type: ClassVar[str] = "internal_error"
+    code: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.error_type, self.param, self.code)
+
+
+def error_body(
+    message: str, error_type: str, param: str | None = None, code: str | int | None = None
+) -> dict[str, Any]:
+    """The OpenAI error object."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+class InvalidRequest(SluiceError):
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class Unauthorized(SluiceError):
+    status = 401
+    error_type = "authentication_error"
+
+
+class ModelNotFound(SluiceError):
+    status = 404
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class RouteNotFound(SluiceError):
+    status = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+class MethodNotAllowed(SluiceError):
+    status = 405
+    error_type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(SluiceError):
+    status = 413
+    error_type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class SloUnattainable(SluiceError):
+    status = 429
+    error_type = "slo_unattainable"
+    code = "slo_unattainable"
+
+
+class UpstreamError(SluiceError):
+    status = 502
+    error_type = "upstream_error"
+    code = "bad_gateway"
+
+
+class NoBackendAvailable(SluiceError):
+    status = 503
+    error_type = "service_unavailable"
+    code = "no_backend_available"
+
+
+class UpstreamTimeout(SluiceError):
+    status = 504
+    error_type = "upstream_timeout"
+    code = "gateway_timeout"

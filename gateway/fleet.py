@@ -1,0 +1,135 @@
+"""Backends as the gateway sees them: health, served models, load, and the probe loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from adapters.base import EngineAdapter, EngineLoad
+from adapters.vllm import VllmAdapter
+from gateway.config import BackendConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Backend:
+    """Live state of one backend. Mutated only on the event loop."""
+
+    config: BackendConfig
+    adapter: EngineAdapter
+    healthy: bool = False
+    discovered: frozenset[str] | None = None
+    model_cards: tuple[Mapping[str, Any], ...] = ()
+    in_flight: int = 0
+    load: EngineLoad | None = None
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    last_probe: float | None = field(default=None)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def models(self) -> frozenset[str]:
+        """What it serves: discovery's answer once there is one, the configured list before."""
+        if self.discovered is not None:
+            return self.discovered
+        return frozenset(self.config.models)
+
+    def serves(self, model: str) -> bool:
+        return model in self.models
+
+
+def make_adapter(session: aiohttp.ClientSession, config: BackendConfig) -> EngineAdapter:
+    if config.engine == "vllm":
+        return VllmAdapter(session, config.base_url, config.api_key)
+    raise ValueError(f"backend {config.name!r}: unknown engine {config.engine!r}")
+
+
+class Fleet:
+    """The set of backends, probed in the background."""
+
+    def __init__(
+        self,
+        backends: list[Backend],
+        *,
+        unhealthy_after: int,
+        probe_timeout_s: float,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._backends = {b.name: b for b in backends}
+        self._unhealthy_after = unhealthy_after
+        self._probe_timeout_s = probe_timeout_s
+        self.on_change = on_change
+
+    def __iter__(self) -> Iterator[Backend]:
+        return iter(self._backends.values())
+
+    def __getitem__(self, name: str) -> Backend:
+        return self._backends[name]
+
+    def known_models(self) -> frozenset[str]:
+        models: set[str] = set()
+        for backend in self._backends.values():
+            models |= backend.models
+        return frozenset(models)
+
+    def healthy_for(self, model: str) -> list[Backend]:
+        return [b for b in self._backends.values() if b.healthy and b.serves(model)]
+
+    def mark_unreachable(self, name: str, reason: str) -> None:
+        """A request found the backend down: stop routing there until a probe says otherwise."""
+        backend = self._backends[name]
+        backend.last_error = reason
+        if backend.healthy:
+            log.warning("backend %s unreachable, marked unhealthy: %s", name, reason)
+            backend.healthy = False
+            self.on_change()
+
+    async def probe_all(self) -> None:
+        await asyncio.gather(*(self._probe(b) for b in self._backends.values()))
+
+    async def _probe(self, backend: Backend) -> None:
+        result = await backend.adapter.probe(self._probe_timeout_s)
+        backend.last_probe = time.monotonic()
+        was_healthy = backend.healthy
+        old_models = backend.models
+        if result.healthy:
+            backend.consecutive_failures = 0
+            backend.healthy = True
+            backend.discovered = result.model_ids
+            backend.model_cards = result.models
+            backend.load = result.load
+            backend.last_error = None
+        else:
+            backend.consecutive_failures += 1
+            backend.last_error = result.error
+            if backend.consecutive_failures >= self._unhealthy_after or not was_healthy:
+                backend.healthy = False
+        if backend.healthy != was_healthy:
+            log.info("backend %s is now %s", backend.name, "healthy" if backend.healthy else "down")
+        if backend.healthy != was_healthy or backend.models != old_models:
+            self.on_change()
+
+    async def run_probes(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.probe_all()
+
+
+async def background(name: str, factory: Callable[[], Awaitable[None]]) -> None:
+    """Run a background loop, logging (not losing) a crash."""
+    try:
+        await factory()
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("background task %s crashed", name)

@@ -1,0 +1,164 @@
+"""Prometheus metrics, in a registry owned by one app (no process-wide registry)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.fleet import Fleet
+from gateway.records import RequestRecord
+
+_LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    30.0,
+    60.0,
+)
+_TPOT_BUCKETS = (
+    0.002,
+    0.005,
+    0.01,
+    0.015,
+    0.02,
+    0.025,
+    0.03,
+    0.04,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.5,
+    1.0,
+)
+
+
+class _FleetCollector(Collector):
+    """Gauges read from live state at scrape time."""
+
+    def __init__(self, fleet: Fleet, queue_depths: Callable[[], dict[str, int]]) -> None:
+        self._fleet = fleet
+        self._queue_depths = queue_depths
+
+    def collect(self) -> Iterator[Metric]:
+        queue = GaugeMetricFamily(
+            "sluice_queue_depth", "Requests waiting in the gateway queue", labels=["model"]
+        )
+        for model, depth in sorted(self._queue_depths().items()):
+            queue.add_metric([model], depth)
+        yield queue
+
+        def backend_gauge(name: str, documentation: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, documentation, labels=["backend"])
+
+        in_flight = backend_gauge("sluice_backend_in_flight", "Requests the gateway has in flight")
+        healthy = backend_gauge("sluice_backend_healthy", "1 when the backend passes its probes")
+        running = backend_gauge("sluice_backend_engine_running", "Running, as the engine says")
+        waiting = backend_gauge("sluice_backend_engine_waiting", "Waiting, as the engine says")
+        kv = backend_gauge("sluice_backend_kv_usage", "KV-cache usage (0..1), as the engine says")
+        for backend in self._fleet:
+            in_flight.add_metric([backend.name], backend.in_flight)
+            healthy.add_metric([backend.name], 1.0 if backend.healthy else 0.0)
+            load = backend.load
+            if load is not None:
+                for family, value in (
+                    (running, load.running),
+                    (waiting, load.waiting),
+                    (kv, load.kv_usage),
+                ):
+                    if value is not None:
+                        family.add_metric([backend.name], value)
+        yield from (in_flight, healthy, running, waiting, kv)
+
+
+class GatewayMetrics:
+    def __init__(self, fleet: Fleet, queue_depths: Callable[[], dict[str, int]]) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["model", "slo_class"]
+        self.requests = Counter(
+            "sluice_requests",
+            "Finished requests by outcome",
+            [*labels, "outcome"],
+            registry=self.registry,
+        )
+        self.good = Counter(
+            "sluice_requests_good",
+            "Requests that met both latency targets",
+            labels,
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "sluice_upstream_retries",
+            "Requests retried on another backend",
+            ["model"],
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "sluice_ttft_seconds",
+            "Time to first token, as the gateway saw it",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.tpot = Histogram(
+            "sluice_tpot_seconds",
+            "Mean time per output token after the first",
+            labels,
+            buckets=_TPOT_BUCKETS,
+            registry=self.registry,
+        )
+        self.e2e = Histogram(
+            "sluice_request_seconds",
+            "Arrival to last byte",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "sluice_queue_wait_seconds",
+            "Arrival to dispatch",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_FleetCollector(fleet, queue_depths))
+
+    def observe(self, record: RequestRecord) -> None:
+        labels = (record.model, record.slo.class_name)
+        self.requests.labels(*labels, record.outcome).inc()
+        if record.queue_s is not None:
+            self.queue_wait.labels(record.model).observe(record.queue_s)
+        if record.outcome != "ok":
+            return
+        if record.met_slo:
+            self.good.labels(*labels).inc()
+        for histogram, value in (
+            (self.ttft, record.ttft_s),
+            (self.tpot, record.tpot_s),
+            (self.e2e, record.e2e_s),
+        ):
+            if value is not None:
+                histogram.labels(*labels).observe(value)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

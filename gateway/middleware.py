@@ -1,0 +1,52 @@
+"""Every failure becomes an OpenAI error body with the right status."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway.errors import (
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RouteNotFound,
+    SluiceError,
+    error_body,
+)
+
+log = logging.getLogger(__name__)
+
+_BY_STATUS: dict[int, type[SluiceError]] = {
+    404: RouteNotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+}
+
+
+def error_response(exc: SluiceError) -> web.Response:
+    return web.json_response(exc.body(), status=exc.status, headers=exc.headers)
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except SluiceError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kind = _BY_STATUS.get(exc.status)
+        message = f"{exc.reason}: {request.method} {request.path}"
+        if kind is not None:
+            return error_response(kind(message))
+        return web.json_response(
+            error_body(message, "invalid_request_error", code=exc.status), status=exc.status
+        )
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return web.json_response(
+            error_body("internal gateway error", "internal_error", code="internal_error"),
+            status=500,
+        )

@@ -1,0 +1,269 @@
+"""One generation request's life: queue, dispatch (retrying once), relay, account.
+
+Nothing is sent to the client until the upstream answer's headers have arrived, so a backend
+that refuses or resets before its first byte can be replaced by another one unseen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from adapters.base import (
+    BackendTimeout,
+    BackendUnreachable,
+    StreamBroken,
+    StreamEvent,
+    Timeouts,
+    UpstreamResponse,
+)
+from gateway.errors import (
+    NoBackendAvailable,
+    SluiceError,
+    UpstreamError,
+    UpstreamTimeout,
+    error_body,
+)
+from gateway.fleet import Fleet
+from gateway.metrics import GatewayMetrics
+from gateway.records import RecordLog, RequestRecord
+from gateway.scheduling.scheduler import Lease, Scheduler
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "x-request-id"
+BACKEND_HEADER = "x-sluice-backend"
+_CLIENT_GONE = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationCall:
+    """A validated generation request, gateway-only fields already removed from ``body``."""
+
+    endpoint: str
+    body: dict[str, Any]
+    wants_usage: bool
+
+
+class Proxy:
+    def __init__(
+        self,
+        fleet: Fleet,
+        scheduler: Scheduler,
+        metrics: GatewayMetrics,
+        records: RecordLog,
+        *,
+        timeouts: Timeouts,
+        queue_timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._fleet = fleet
+        self._scheduler = scheduler
+        self._metrics = metrics
+        self._records = records
+        self._timeouts = timeouts
+        self._queue_timeout_s = queue_timeout_s
+        self._clock = clock
+
+    async def generate(
+        self, request: web.Request, call: GenerationCall, record: RequestRecord
+    ) -> web.StreamResponse:
+        try:
+            lease, upstream = await self._dispatch(call, record)
+        except SluiceError as exc:
+            record.status = exc.status
+            record.outcome = "rejected" if isinstance(exc, NoBackendAvailable) else "failed"
+            self._finish(record)
+            raise
+        except asyncio.CancelledError:
+            record.outcome = "cancelled"
+            self._finish(record)
+            raise
+        try:
+            if upstream.status != 200:
+                return await self._relay_status(upstream, record)
+            if record.stream:
+                return await self._relay_stream(request, upstream, call, record)
+            return await self._relay_body(upstream, record)
+        except asyncio.CancelledError:
+            record.outcome = "cancelled"
+            raise
+        finally:
+            upstream.close()
+            self._scheduler.release(lease)
+            self._finish(record)
+
+    async def _dispatch(
+        self, call: GenerationCall, record: RequestRecord
+    ) -> tuple[Lease, UpstreamResponse]:
+        excluded: set[str] = set()
+        failure: BackendUnreachable | None = None
+        deadline = record.arrival + record.slo.ttft_s
+        for attempt in (1, 2):
+            try:
+                lease = await self._scheduler.acquire(
+                    record.model,
+                    arrival=record.arrival,
+                    deadline=deadline,
+                    timeout_s=self._queue_timeout_s,
+                    excluded=excluded,
+                )
+            except NoBackendAvailable as exc:
+                if failure is None:
+                    raise
+                raise UpstreamError(f"{failure}; no other backend to retry on") from exc
+            record.dispatch, record.backend, record.attempts = (
+                lease.dispatched_at,
+                lease.backend,
+                attempt,
+            )
+            backend = self._fleet[lease.backend]
+            payload = json.dumps(backend.adapter.prepare(call.body, wants_usage=call.wants_usage))
+            try:
+                upstream = await backend.adapter.send(
+                    "POST", call.endpoint, payload.encode(), self._timeouts
+                )
+            except BackendUnreachable as exc:
+                self._scheduler.release(lease)
+                self._fleet.mark_unreachable(lease.backend, str(exc))
+                excluded.add(lease.backend)
+                failure = exc
+                if attempt == 1:
+                    self._metrics.retries.labels(record.model).inc()
+                continue
+            except BackendTimeout as exc:
+                self._scheduler.release(lease)
+                raise UpstreamTimeout(str(exc)) from exc
+            except BaseException:
+                self._scheduler.release(lease)
+                raise
+            return lease, upstream
+        raise UpstreamError(f"backend unreachable, also after one retry: {failure}")
+
+    def _headers(self, record: RequestRecord) -> dict[str, str]:
+        headers = {REQUEST_ID_HEADER: record.id}
+        if record.backend is not None:
+            headers[BACKEND_HEADER] = record.backend
+        return headers
+
+    async def _relay_status(
+        self, upstream: UpstreamResponse, record: RequestRecord
+    ) -> web.StreamResponse:
+        """A non-200 answer: a valid OpenAI error body passes through unchanged."""
+        record.outcome = "upstream_status"
+        record.status = upstream.status
+        try:
+            data = await upstream.read()
+            parsed = json.loads(data)
+        except (StreamBroken, json.JSONDecodeError, UnicodeDecodeError):
+            parsed = None
+        if isinstance(parsed, dict) and ("error" in parsed or parsed.get("object") == "error"):
+            return web.Response(
+                status=upstream.status,
+                body=data,
+                content_type="application/json",
+                headers=self._headers(record),
+            )
+        raise UpstreamError(f"backend {record.backend} answered HTTP {upstream.status}")
+
+    async def _relay_body(
+        self, upstream: UpstreamResponse, record: RequestRecord
+    ) -> web.StreamResponse:
+        try:
+            data = await upstream.read()
+        except StreamBroken as exc:
+            record.outcome, record.status = "failed", UpstreamError.status
+            raise UpstreamError(f"backend {record.backend} failed: {exc}") from exc
+        record.finish = self._clock()
+        try:
+            usage = json.loads(data).get("usage")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            usage = None
+        if isinstance(usage, dict):
+            _take_usage(record, usage)
+        record.outcome, record.status = "ok", 200
+        return web.Response(
+            status=200, body=data, content_type="application/json", headers=self._headers(record)
+        )
+
+    async def _relay_stream(
+        self,
+        request: web.Request,
+        upstream: UpstreamResponse,
+        call: GenerationCall,
+        record: RequestRecord,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            status=200,
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                **self._headers(record),
+            },
+        )
+        record.status = 200
+        await response.prepare(request)
+        try:
+            async for event in upstream.events():
+                self._observe(event, record)
+                if event.usage_only and not call.wants_usage:
+                    continue
+                await response.write(event.raw)
+        except StreamBroken as exc:
+            record.outcome = "failed"
+            log.warning("request %s: stream from %s broke: %s", record.id, record.backend, exc)
+            failure = error_body(
+                f"backend {record.backend} failed mid-stream: {exc}",
+                UpstreamError.error_type,
+                code=UpstreamError.code,
+            )
+            await self._write_quietly(response, f"data: {json.dumps(failure)}\n\n".encode())
+            return response
+        except _CLIENT_GONE:
+            record.outcome = "cancelled"
+            return response
+        if record.outcome == "pending":
+            record.outcome = "ok"
+        await self._write_quietly(response, None)
+        return response
+
+    def _observe(self, event: StreamEvent, record: RequestRecord) -> None:
+        if event.tokens:
+            now = self._clock()
+            if record.first_token is None:
+                record.first_token = now
+            record.token_times.extend([now] * event.tokens)
+        if event.usage is not None:
+            _take_usage(record, event.usage)
+        if event.error is not None:
+            record.outcome = "failed"
+
+    @staticmethod
+    async def _write_quietly(response: web.StreamResponse, data: bytes | None) -> None:
+        try:
+            if data is not None:
+                await response.write(data)
+            await response.write_eof()
+        except _CLIENT_GONE:
+            pass
+
+    def _finish(self, record: RequestRecord) -> None:
+        if record.finish is None:
+            record.finish = self._clock()
+        self._metrics.observe(record)
+        self._records.add(record)
+
+
+def _take_usage(record: RequestRecord, usage: dict[str, Any] | Any) -> None:
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if isinstance(prompt, int):
+        record.prompt_tokens = prompt
+    if isinstance(completion, int):
+        record.completion_tokens = completion

@@ -1,0 +1,1 @@
+"""Scheduling: the gateway queue, the placement policy and the guards."""

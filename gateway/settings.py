@@ -1,0 +1,38 @@
+"""Process settings, read once at start from the environment (``SLUICE_*``) and the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything that is fixed for the life of one gateway process."""
+
+    model_config = SettingsConfigDict(env_prefix="SLUICE_", frozen=True, extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    config: Path | None = None
+
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    connect_timeout_s: float = Field(default=2.0, gt=0)
+    first_byte_timeout_s: float = Field(
+        default=60.0, gt=0, description="Upstream response headers must arrive within this."
+    )
+    idle_timeout_s: float = Field(
+        default=60.0, gt=0, description="Longest silence allowed between two upstream chunks."
+    )
+    queue_timeout_s: float = Field(
+        default=30.0, gt=0, description="Longest a request waits in the gateway queue for a slot."
+    )
+    probe_interval_s: float = Field(default=2.0, gt=0)
+    probe_timeout_s: float = Field(default=2.0, gt=0)
+    unhealthy_after: int = Field(
+        default=2, ge=1, description="Consecutive failed probes that mark a backend unhealthy."
+    )
+    upstream_pool_size: int = Field(default=1024, ge=1)
+    records_kept: int = Field(default=10_000, ge=0)
+    log_level: str = "INFO"

@@ -1,0 +1,77 @@
+"""Per-request latency objectives from the ``x-slo-*`` headers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gateway.config import GatewayConfig
+from gateway.errors import InvalidRequest
+
+TTFT_HEADER = "x-slo-ttft-ms"
+TPOT_HEADER = "x-slo-tpot-ms"
+CLASS_HEADER = "x-slo-class"
+SLO_HEADERS = (TTFT_HEADER, TPOT_HEADER, CLASS_HEADER)
+CUSTOM_CLASS = "custom"
+
+_MAX_TTFT_MS = 3_600_000.0
+_MAX_TPOT_MS = 600_000.0
+
+
+@dataclass(frozen=True, slots=True)
+class SloTarget:
+    """What one request asks for. ``class_name`` is ``custom`` when a header overrides a target."""
+
+    class_name: str
+    ttft_ms: float
+    tpot_ms: float
+
+    @property
+    def ttft_s(self) -> float:
+        return self.ttft_ms / 1000.0
+
+    @property
+    def tpot_s(self) -> float:
+        return self.tpot_ms / 1000.0
+
+
+def _parse_ms(headers: Mapping[str, str], name: str, upper: float) -> float | None:
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0 or value > upper:
+        raise InvalidRequest(
+            f"header {name} must be a number of milliseconds in (0, {upper:.0f}], got {raw!r}",
+            param=name,
+        )
+    return value
+
+
+def resolve_slo(headers: Mapping[str, str], model: str, config: GatewayConfig) -> SloTarget:
+    """The request's objective: its class (or the model's default), then explicit overrides."""
+    class_name = headers.get(CLASS_HEADER)
+    if class_name is not None:
+        class_name = class_name.strip()
+        if class_name not in config.slo_classes:
+            known = ", ".join(sorted(config.slo_classes))
+            raise InvalidRequest(
+                f"unknown SLO class {class_name!r} in header {CLASS_HEADER}; known: {known}",
+                param=CLASS_HEADER,
+            )
+    else:
+        class_name = config.class_for_model(model)
+    base = config.slo_classes[class_name]
+    ttft = _parse_ms(headers, TTFT_HEADER, _MAX_TTFT_MS)
+    tpot = _parse_ms(headers, TPOT_HEADER, _MAX_TPOT_MS)
+    if ttft is None and tpot is None:
+        return SloTarget(class_name, base.ttft_ms, base.tpot_ms)
+    return SloTarget(
+        CUSTOM_CLASS,
+        base.ttft_ms if ttft is None else ttft,
+        base.tpot_ms if tpot is None else tpot,
+    )
