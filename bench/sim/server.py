@@ -117,6 +117,8 @@ class SimServer:
         )
         self.faults = Faults()
         self.received: list[dict[str, Any]] = []
+        self.received_headers: list[dict[str, str]] = []
+        self.adapters: dict[str, str] = {}
         self._rng = random.Random(seed + 7919)
         self._mean_output = mean_output_tokens
         self._registry = CollectorRegistry()
@@ -133,6 +135,7 @@ class SimServer:
         app.router.add_get("/version", self._version)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/tokenize", self._tokenize)
+        app.router.add_post("/v1/load_lora_adapter", self._load_lora)
         app.router.add_post("/sim/faults", self._set_faults)
         app.router.add_get("/sim/stats", self._stats)
         return app
@@ -159,7 +162,22 @@ class SimServer:
             "parent": None,
             "max_model_len": self.profile.max_model_len,
         }
-        return web.json_response({"object": "list", "data": [card]})
+        cards = [card]
+        for name, path in self.adapters.items():
+            cards.append({**card, "id": name, "root": path, "parent": self.model})
+        return web.json_response({"object": "list", "data": cards})
+
+    async def _load_lora(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        name, path = body.get("lora_name"), body.get("lora_path")
+        if not isinstance(name, str) or not isinstance(path, str):
+            return vllm_error("lora_name and lora_path are required", "BadRequestError", 400)
+        if name in self.adapters:
+            return vllm_error(
+                f"The lora adapter '{name}' has already been loaded.", "BadRequestError", 400
+            )
+        self.adapters[name] = path
+        return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         return web.Response(
@@ -224,7 +242,8 @@ class SimServer:
         except json.JSONDecodeError:
             return vllm_error("invalid JSON body", "BadRequestError", 400)
         self.received.append(body)
-        if body.get("model") != self.model:
+        self.received_headers.append(dict(request.headers))
+        if body.get("model") != self.model and body.get("model") not in self.adapters:
             return vllm_error(
                 f"The model `{body.get('model')}` does not exist.", "NotFoundError", 404
             )

@@ -13,6 +13,7 @@ from aiohttp import web
 from adapters.base import BackendTimeout, BackendUnreachable, StreamBroken
 from gateway.errors import (
     InvalidRequest,
+    MethodNotAllowed,
     ModelNotFound,
     NoBackendAvailable,
     PayloadTooLarge,
@@ -25,6 +26,7 @@ from gateway.runtime import Runtime
 from gateway.slo import resolve_slo
 
 RUNTIME = web.AppKey("runtime", Runtime)
+_OWN_PATHS = {"/v1/chat/completions": "POST", "/v1/completions": "POST", "/v1/models": "GET"}
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -129,6 +131,12 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def passthrough(request: web.Request) -> web.Response:
     """Any other ``/v1/*`` call goes to the least-busy healthy backend serving its model."""
+    if request.path in _OWN_PATHS:
+        allowed = _OWN_PATHS[request.path]
+        raise MethodNotAllowed(
+            f"{request.method} is not allowed on {request.path}; use {allowed}",
+            headers={"Allow": allowed},
+        )
     runtime = request.app[RUNTIME]
     fleet = runtime.services.fleet
     raw = await request.read() if request.can_read_body else None

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import GatewayConfig
+from gateway.errors import InvalidRequest
+from gateway.slo import SloTarget, resolve_slo
+
+CONFIG = GatewayConfig.model_validate(
+    {
+        "slo_classes": {
+            "interactive": {"ttft_ms": 500, "tpot_ms": 30},
+            "batch": {"ttft_ms": 7500, "tpot_ms": 50},
+        },
+        "default_class": "batch",
+        "models": [{"name": "chatty", "default_class": "interactive"}],
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("headers", "model", "expected"),
+    [
+        ({}, "other", SloTarget("batch", 7500, 50)),
+        ({}, "chatty", SloTarget("interactive", 500, 30)),
+        ({"x-slo-class": "interactive"}, "other", SloTarget("interactive", 500, 30)),
+        ({"x-slo-class": " batch "}, "chatty", SloTarget("batch", 7500, 50)),
+        ({"x-slo-ttft-ms": "250"}, "other", SloTarget("custom", 250, 50)),
+        ({"x-slo-tpot-ms": "12.5"}, "chatty", SloTarget("custom", 500, 12.5)),
+        (
+            {"x-slo-class": "batch", "x-slo-ttft-ms": "900", "x-slo-tpot-ms": "40"},
+            "other",
+            SloTarget("custom", 900, 40),
+        ),
+    ],
+)
+def test_resolution(headers: dict[str, str], model: str, expected: SloTarget) -> None:
+    assert resolve_slo(headers, model, CONFIG) == expected
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("x-slo-ttft-ms", "abc"),
+        ("x-slo-ttft-ms", "0"),
+        ("x-slo-ttft-ms", "-5"),
+        ("x-slo-ttft-ms", "nan"),
+        ("x-slo-ttft-ms", "inf"),
+        ("x-slo-ttft-ms", "3600001"),
+        ("x-slo-tpot-ms", ""),
+        ("x-slo-tpot-ms", "1e9"),
+        ("x-slo-class", "gold"),
+    ],
+)
+def test_bad_values_name_the_header(header: str, value: str) -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        resolve_slo({header: value}, "other", CONFIG)
+    assert raised.value.param == header
+    assert raised.value.status == 400
+
+
+def test_seconds() -> None:
+    target = SloTarget("x", 500, 30)
+    assert (target.ttft_s, target.tpot_s) == (0.5, 0.03)
