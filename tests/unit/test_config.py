@@ -64,3 +64,10 @@ def test_frozen() -> None:
     config = parse_config_text(YAML, suffix=".yaml")
     with pytest.raises(ValidationError):
         config.backends[0].max_in_flight = 3
+
+
+def test_shipped_example_config_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "deploy" / "sluice.example.yaml"
+    config = load_config(example)
+    assert config.class_for_model("meta-llama/Llama-3.1-8B-Instruct") == "interactive"
+    assert [b.name for b in config.backends] == ["vllm-0", "vllm-1"]

@@ -1,0 +1,1 @@
+"""Output-length prediction for the SLO guards."""
