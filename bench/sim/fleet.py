@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from bench.sim.lengths import LengthDistribution, LengthTable
 from bench.sim.profiles import Profile
 from bench.sim.server import SimServer
 
@@ -26,6 +27,8 @@ class RunningSim:
 
 
 async def start_sim(server: SimServer, host: str = "127.0.0.1", port: int = 0) -> RunningSim:
+    # Handlers are cancelled when their client disconnects, as in vLLM's server, so that a
+    # dropped request frees its slot in the engine.
     runner = web.AppRunner(server.app(), handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -41,18 +44,22 @@ async def start_fleet(
     seed: int = 0,
     host: str = "127.0.0.1",
     base_port: int = 0,
-    mean_output_tokens: float = 200.0,
+    lengths: LengthTable | None = None,
+    distribution: LengthDistribution | None = None,
     priority_scheduling: bool = False,
     max_queued: int | None = None,
 ) -> list[RunningSim]:
-    """One server per profile, seeded apart; ports base_port, base_port+1, ... (0: free ports)."""
+    """One server per profile, seeded apart; ports base_port, base_port+1, ... (0: free ports).
+
+    The servers share one lengths table (read-only)."""
     running: list[RunningSim] = []
     for index, profile in enumerate(profiles):
         server = SimServer(
             profile,
             model=model,
             seed=seed + index,
-            mean_output_tokens=mean_output_tokens,
+            lengths=lengths,
+            distribution=distribution,
             priority_scheduling=priority_scheduling,
             max_queued=max_queued,
         )

@@ -1,14 +1,27 @@
 """Engine profiles: step-time coefficients and capacity limits of one simulated server.
 
-Step time in microseconds = beta0 + beta1 * (prefill tokens in the step)
-                                  + beta2 * (decode tokens in the step),
-times a seeded lognormal noise factor. Coefficients for the GPU profiles are the BLIS fits to
-vLLM 0.8.4 (Llama-3.1-8B on H100 and A100, Llama-3.3-70B on H100 with TP4 and TP8).
+Step time in microseconds =
+    beta0 + beta1 * (prefill tokens in the step) + beta2 * (decode tokens in the step)
+          + beta3 * (context tokens read by the step's decodes)
+times a seeded lognormal noise factor.
+
+beta0..beta2 for the GPU profiles are the BLIS fits to vLLM 0.8.4 (Llama-3.1-8B on H100 and
+A100, Llama-3.3-70B on H100 with TP4 and TP8). beta3 is not a fit: it is the time to read one
+token's KV cache at the GPUs' memory bandwidth (KV bytes per token / HBM bandwidth), so that
+long contexts slow decoding as attention does on real hardware.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+
+_KIB = 1024
+_H100_BW = 3.35e12  # bytes/s, H100 SXM HBM3
+_A100_BW = 2.0e12  # bytes/s, A100 80GB HBM2e
+
+
+def _kv_read_us(kv_bytes_per_token: float, bandwidth: float) -> float:
+    return kv_bytes_per_token / bandwidth * 1e6
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +30,7 @@ class Profile:
     beta0_us: float
     beta1_us: float
     beta2_us: float
+    beta3_us: float = 0.0
     noise_cv: float = 0.03
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
@@ -24,8 +38,15 @@ class Profile:
     block_size: int = 16
     max_model_len: int = 32_768
 
-    def step_seconds(self, prefill_tokens: int, decode_tokens: int) -> float:
-        micros = self.beta0_us + self.beta1_us * prefill_tokens + self.beta2_us * decode_tokens
+    def step_seconds(
+        self, prefill_tokens: int, decode_tokens: int, decode_context: int = 0
+    ) -> float:
+        micros = (
+            self.beta0_us
+            + self.beta1_us * prefill_tokens
+            + self.beta2_us * decode_tokens
+            + self.beta3_us * decode_context
+        )
         return micros / 1e6
 
     def scaled(self, factor: float) -> Profile:
@@ -35,15 +56,49 @@ class Profile:
             beta0_us=self.beta0_us * factor,
             beta1_us=self.beta1_us * factor,
             beta2_us=self.beta2_us * factor,
+            beta3_us=self.beta3_us * factor,
         )
 
+    @property
+    def kv_tokens(self) -> int:
+        return self.kv_blocks * self.block_size
 
-# KV capacity: ~128 KiB per token for 8B and ~320 KiB for 70B; blocks of 16 tokens.
+
+# KV cache: ~128 KiB per token for Llama-3-8B and ~320 KiB for 70B. Capacity: what is left of
+# 80 GB per GPU after the weights (8B: ~400k tokens; 70B TP4: ~600k; TP8: ~1.6M).
 PROFILES: dict[str, Profile] = {
-    "llama8b-h100": Profile("llama8b-h100", 5752.7, 17.25, 6.00, kv_blocks=26_000),
-    "llama8b-a100": Profile("llama8b-a100", 16441.5, 47.84, 18.21, kv_blocks=26_000),
-    "llama70b-h100-tp4": Profile("llama70b-h100-tp4", 12601.3, 76.42, 66.84, kv_blocks=40_000),
-    "llama70b-h100-tp8": Profile("llama70b-h100-tp8", 14140.8, 10.03, 19.40, kv_blocks=100_000),
+    "llama8b-h100": Profile(
+        "llama8b-h100",
+        5752.7,
+        17.25,
+        6.00,
+        _kv_read_us(128 * _KIB, _H100_BW),
+        kv_blocks=26_000,
+    ),
+    "llama8b-a100": Profile(
+        "llama8b-a100",
+        16441.5,
+        47.84,
+        18.21,
+        _kv_read_us(128 * _KIB, _A100_BW),
+        kv_blocks=26_000,
+    ),
+    "llama70b-h100-tp4": Profile(
+        "llama70b-h100-tp4",
+        12601.3,
+        76.42,
+        66.84,
+        _kv_read_us(320 * _KIB, 4 * _H100_BW),
+        kv_blocks=38_000,
+    ),
+    "llama70b-h100-tp8": Profile(
+        "llama70b-h100-tp8",
+        14140.8,
+        10.03,
+        19.40,
+        _kv_read_us(320 * _KIB, 8 * _H100_BW),
+        kv_blocks=100_000,
+    ),
     # No modelled compute at all: for measuring what a gateway adds.
     "instant": Profile("instant", 0.0, 0.0, 0.0, noise_cv=0.0),
 }

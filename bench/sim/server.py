@@ -1,12 +1,13 @@
 """One simulated vLLM OpenAI-compatible server over an Engine.
 
 Besides vLLM's endpoints it has ``/sim/faults`` (arm failures for tests: reset before the
-response headers, reset after N streamed tokens, refuse) and ``/sim/stats``.
+response headers, reset after N streamed tokens) and ``/sim/stats``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import re
@@ -16,11 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from bench.sim.engine import FINISHED, Engine, QueueFull, SimRequest
+from bench.sim.lengths import LengthDistribution, LengthTable
+from bench.sim.metrics import VllmMetrics
 from bench.sim.profiles import Profile
 
 VERSION = "0.32.0"
@@ -33,25 +33,40 @@ def count_tokens(text: str) -> int:
     return max(1, len(_WORD.findall(text)))
 
 
-def prompt_text(body: dict[str, Any], chat: bool) -> str:
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def prompt_texts(body: dict[str, Any], chat: bool) -> tuple[str, str]:
+    """(all prompt text, the text that identifies the prompt: the last user turn)."""
     if chat:
-        parts = []
-        for message in body.get("messages") or []:
-            content = message.get("content") if isinstance(message, dict) else None
-            if isinstance(content, str):
-                parts.append(content)
-            elif isinstance(content, list):
-                parts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
-        return "\n".join(parts)
+        messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+        texts = [_content_text(m.get("content")) for m in messages]
+        users = [_content_text(m.get("content")) for m in messages if m.get("role") == "user"]
+        return "\n".join(texts), users[-1] if users else ""
     prompt = body.get("prompt", "")
-    if isinstance(prompt, list):
-        return " ".join(str(p) for p in prompt)
-    return str(prompt)
+    text = " ".join(str(p) for p in prompt) if isinstance(prompt, list) else str(prompt)
+    return text, text
 
 
-def vllm_error(message: str, error_type: str, status: int) -> web.Response:
-    body = {"error": {"message": message, "type": error_type, "param": None, "code": status}}
+def vllm_error(
+    message: str, error_type: str, status: int, param: str | None = None
+) -> web.Response:
+    body = {"error": {"message": message, "type": error_type, "param": param, "code": status}}
     return web.json_response(body, status=status)
+
+
+class BadRequest(Exception):
+    """A request vLLM would refuse with 400; ``kind`` is vLLM's error type for it."""
+
+    def __init__(self, message: str, param: str | None, kind: str = "BadRequestError") -> None:
+        super().__init__(message)
+        self.param = param
+        self.kind = kind
 
 
 @dataclass
@@ -63,40 +78,14 @@ class Faults:
     reset_streams: int = 0
 
 
-class _EngineCollector(Collector):
-    def __init__(self, server: SimServer) -> None:
-        self._server = server
-
-    def collect(self) -> list[Metric]:
-        engine, model = self._server.engine, self._server.model
-        labels = ["engine", "model_name"]
-        values = ["0", model]
-
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            family = GaugeMetricFamily(name, doc, labels=labels)
-            family.add_metric(values, value)
-            return family
-
-        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-            family = CounterMetricFamily(name, doc, labels=labels)
-            family.add_metric(values, value)
-            return family
-
-        c = engine.counters
-        success = CounterMetricFamily(
-            "vllm:request_success", "Finished requests", labels=[*labels, "finished_reason"]
-        )
-        success.add_metric([*values, "length"], c.finished)
-        return [
-            gauge("vllm:num_requests_running", "Running requests", len(engine.running)),
-            gauge("vllm:num_requests_waiting", "Waiting requests", len(engine.waiting)),
-            gauge("vllm:kv_cache_usage_perc", "KV-cache usage, 0..1", engine.kv_usage),
-            counter("vllm:prompt_tokens", "Prefilled tokens", c.prompt_tokens),
-            counter("vllm:generation_tokens", "Generated tokens", c.generation_tokens),
-            counter("vllm:num_preemptions", "Preemptions", c.preemptions),
-            counter("vllm:admission_rejections", "Rejected: queue full", c.rejected),
-            success,
-        ]
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    body: dict[str, Any]
+    chat: bool
+    prompt_tokens: int
+    output_tokens: int
+    priority: int
+    finish_reason: str
 
 
 class SimServer:
@@ -106,51 +95,64 @@ class SimServer:
         *,
         model: str = "sim-model",
         seed: int = 0,
-        mean_output_tokens: float = 200.0,
+        lengths: LengthTable | None = None,
+        distribution: LengthDistribution | None = None,
         priority_scheduling: bool = False,
         max_queued: int | None = None,
     ) -> None:
         self.profile = profile
         self.model = model
+        self.lengths = lengths or LengthTable()
+        self.distribution = distribution or LengthDistribution()
         self.engine = Engine(
             profile, seed=seed, priority_scheduling=priority_scheduling, max_queued=max_queued
         )
+        self.metrics = VllmMetrics(self.engine, model)
+        self.engine.on_token = self.metrics.on_token
+        self.engine.on_finish = self.metrics.on_finish
         self.faults = Faults()
         self.received: list[dict[str, Any]] = []
         self.received_headers: list[dict[str, str]] = []
         self.adapters: dict[str, str] = {}
         self._rng = random.Random(seed + 7919)
-        self._mean_output = mean_output_tokens
-        self._registry = CollectorRegistry()
-        self._registry.register(_EngineCollector(self))
+        self._engine_task: asyncio.Task[None] | None = None
 
     def app(self) -> web.Application:
         app = web.Application()
-        app.on_startup.append(self._on_startup)
-        app.on_cleanup.append(self._on_cleanup)
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_post("/v1/completions", self._completions)
-        app.router.add_get("/v1/models", self._models)
-        app.router.add_get("/health", self._health)
-        app.router.add_get("/version", self._version)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_post("/tokenize", self._tokenize)
-        app.router.add_post("/v1/load_lora_adapter", self._load_lora)
-        app.router.add_post("/sim/faults", self._set_faults)
-        app.router.add_get("/sim/stats", self._stats)
+        app.cleanup_ctx.append(self._lifespan)
+        router = app.router
+        router.add_post("/v1/chat/completions", self._chat)
+        router.add_post("/v1/completions", self._completions)
+        router.add_get("/v1/models", self._models)
+        router.add_get("/health", self._health)
+        router.add_get("/version", self._version)
+        router.add_get("/load", self._load)
+        router.add_get("/metrics", self._metrics)
+        router.add_post("/tokenize", self._tokenize)
+        router.add_post("/detokenize", self._detokenize)
+        router.add_post("/v1/load_lora_adapter", self._load_lora)
+        router.add_post("/sim/faults", self._set_faults)
+        router.add_get("/sim/stats", self._stats)
         return app
 
-    async def _on_startup(self, _app: web.Application) -> None:
-        self.engine.start()
+    async def _lifespan(self, _app: web.Application) -> Any:
+        self._engine_task = asyncio.create_task(self.engine.run())
+        yield
+        self._engine_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._engine_task
 
-    async def _on_cleanup(self, _app: web.Application) -> None:
-        await self.engine.stop()
+    # -- plain endpoints ------------------------------------------------------------------
 
     async def _health(self, _request: web.Request) -> web.Response:
         return web.Response(status=200)
 
     async def _version(self, _request: web.Request) -> web.Response:
         return web.json_response({"version": VERSION})
+
+    async def _load(self, _request: web.Request) -> web.Response:
+        load = len(self.engine.running) + len(self.engine.waiting)
+        return web.json_response({"server_load": load})
 
     async def _models(self, _request: web.Request) -> web.Response:
         card = {
@@ -161,14 +163,43 @@ class SimServer:
             "root": self.model,
             "parent": None,
             "max_model_len": self.profile.max_model_len,
+            "permission": [],
         }
         cards = [card]
         for name, path in self.adapters.items():
             cards.append({**card, "id": name, "root": path, "parent": self.model})
         return web.json_response({"object": "list", "data": cards})
 
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.metrics.exposition(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        body = await _json_object(request)
+        if body is None:
+            return vllm_error("invalid JSON body", "BadRequestError", 400)
+        text, _ = prompt_texts(body, "messages" in body)
+        count = count_tokens(text)
+        return web.json_response(
+            {
+                "count": count,
+                "max_model_len": self.profile.max_model_len,
+                "tokens": list(range(count)),
+                "token_strs": None,
+            }
+        )
+
+    async def _detokenize(self, request: web.Request) -> web.Response:
+        body = await _json_object(request)
+        tokens = body.get("tokens") if body else None
+        if not isinstance(tokens, list):
+            return vllm_error("tokens must be a list", "BadRequestError", 400)
+        return web.json_response({"prompt": " ".join(_VOCAB[int(t) % len(_VOCAB)] for t in tokens)})
+
     async def _load_lora(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = await _json_object(request) or {}
         name, path = body.get("lora_name"), body.get("lora_path")
         if not isinstance(name, str) or not isinstance(path, str):
             return vllm_error("lora_name and lora_path are required", "BadRequestError", 400)
@@ -179,27 +210,8 @@ class SimServer:
         self.adapters[name] = path
         return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
 
-    async def _metrics(self, _request: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(self._registry),
-            headers={"Content-Type": "text/plain; version=0.0.4"},
-        )
-
-    async def _tokenize(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        chat = "messages" in body
-        count = count_tokens(prompt_text(body, chat))
-        return web.json_response(
-            {
-                "count": count,
-                "max_model_len": self.profile.max_model_len,
-                "tokens": list(range(count)),
-            }
-        )
-
     async def _set_faults(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        self.faults = Faults(**body)
+        self.faults = Faults(**(await request.json()))
         return web.json_response({"ok": True})
 
     async def _stats(self, _request: web.Request) -> web.Response:
@@ -210,9 +222,12 @@ class SimServer:
                 "waiting": len(self.engine.waiting),
                 "finished": c.finished,
                 "aborted": c.aborted,
+                "preemptions": c.preemptions,
                 "received": len(self.received),
             }
         )
+
+    # -- generation -----------------------------------------------------------------------
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, chat=True)
@@ -220,15 +235,66 @@ class SimServer:
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, chat=False)
 
-    def _output_tokens(self, body: dict[str, Any], prompt_tokens: int) -> int:
-        limit = body.get("max_tokens") or body.get("max_completion_tokens")
-        if not isinstance(limit, int):
-            limit = self.profile.max_model_len - prompt_tokens
+    def _parse(self, body: dict[str, Any], chat: bool) -> _Parsed:
+        if chat:
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages:
+                raise BadRequest(
+                    "1 validation error: messages: Field required", "body.messages", "Bad Request"
+                )
+        elif not body.get("prompt"):
+            raise BadRequest(
+                "Either prompt or prompt_embeds must be provided and non-empty.", "prompt"
+            )
+        limit = body.get("max_tokens", body.get("max_completion_tokens"))
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
+            raise BadRequest(
+                "1 validation error: max_tokens: Input should be a valid integer",
+                "body.max_tokens",
+                "Bad Request",
+            )
+        if limit is not None and limit < 1:
+            raise BadRequest(f"max_tokens must be at least 1, got {limit}.", "max_tokens")
+        max_len = self.profile.max_model_len
+        if limit is not None and limit > max_len:
+            raise BadRequest(
+                f"max_tokens={limit} cannot be greater than max_model_len={max_len}. "
+                "Please request fewer output tokens.",
+                "max_tokens",
+            )
+        text, key = prompt_texts(body, chat)
+        known = self.lengths.lookup(key)
+        prompt_tokens = known.prompt_tokens if known else count_tokens(text)
+        if prompt_tokens >= max_len:
+            raise BadRequest(
+                f"This model's maximum context length is {max_len} tokens. However, your "
+                f"prompt contains at least {prompt_tokens} input tokens, which exceeds this "
+                "limit even without any output tokens.",
+                "input_tokens",
+            )
+        if limit is not None and prompt_tokens + limit > max_len:
+            raise BadRequest(
+                f"This model's maximum context length is {max_len} tokens. However, you "
+                f"requested {limit} output tokens and your prompt contains {prompt_tokens} "
+                f"input tokens, for a total of {prompt_tokens + limit} tokens.",
+                "max_tokens",
+            )
+        ceiling = limit if limit is not None else max_len - prompt_tokens
         if body.get("ignore_eos"):
-            return int(limit)
-        drawn = max(1, round(self._rng.expovariate(1.0 / self._mean_output)))
-        floor = body.get("min_tokens")
-        return min(limit, max(drawn, floor if isinstance(floor, int) else 0))
+            output = ceiling
+        else:
+            natural = known.output_tokens if known else self.distribution.draw(self._rng)
+            floor = body.get("min_tokens")
+            output = min(ceiling, max(natural, floor if isinstance(floor, int) else 0))
+        priority = body.get("priority", 0)
+        return _Parsed(
+            body,
+            chat,
+            prompt_tokens,
+            max(1, output),
+            priority if isinstance(priority, int) else 0,
+            "length" if output >= ceiling else "stop",
+        )
 
     async def _generate(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
         if self.faults.reset_before_headers > 0:
@@ -237,96 +303,81 @@ class SimServer:
             request.transport.abort()
             await asyncio.sleep(1)  # cancelled at once where handlers cancel on disconnect
             return web.Response(status=500)
-        try:
-            body = await request.json()
-        except json.JSONDecodeError:
-            return vllm_error("invalid JSON body", "BadRequestError", 400)
+        body = await _json_object(request)
+        if body is None:
+            return vllm_error("1 validation error: JSON decode error", "Bad Request", 400, "body")
         self.received.append(body)
         self.received_headers.append(dict(request.headers))
         if body.get("model") != self.model and body.get("model") not in self.adapters:
+            aliases = ", ".join([self.model, *self.adapters])
             return vllm_error(
-                f"The model `{body.get('model')}` does not exist.", "NotFoundError", 404
+                f"The model `{body.get('model')}` does not exist. Valid aliases: {aliases}.",
+                "NotFoundError",
+                404,
+                "model",
             )
-        prompt_tokens = count_tokens(prompt_text(body, chat))
-        limit = body.get("max_tokens") or body.get("max_completion_tokens") or 0
-        if prompt_tokens + int(limit) > self.profile.max_model_len:
-            return vllm_error(
-                f"This model's maximum context length is {self.profile.max_model_len} tokens. "
-                f"However, you requested {prompt_tokens + int(limit)} tokens.",
-                "BadRequestError",
-                400,
-            )
-        priority = body.get("priority") if isinstance(body.get("priority"), int) else 0
         try:
-            sim = self.engine.submit(
-                prompt_tokens, self._output_tokens(body, prompt_tokens), priority
-            )
+            parsed = self._parse(body, chat)
+        except BadRequest as exc:
+            return vllm_error(str(exc), exc.kind, 400, exc.param)
+        try:
+            sim = self.engine.submit(parsed.prompt_tokens, parsed.output_tokens, parsed.priority)
+            sim.finish_reason = parsed.finish_reason
         except QueueFull:
             return vllm_error("The engine is currently busy.", "ServiceUnavailableError", 503)
         try:
             if body.get("stream"):
-                return await self._stream(request, body, sim, chat)
-            return await self._complete(body, sim, chat)
+                return await self._stream(request, parsed, sim)
+            return await self._complete(parsed, sim)
         finally:
             self.engine.abort(sim)
 
-    async def _complete(self, body: dict[str, Any], sim: SimRequest, chat: bool) -> web.Response:
+    async def _complete(self, parsed: _Parsed, sim: SimRequest) -> web.Response:
+        assert sim.tokens is not None
         while await sim.tokens.get() != FINISHED:
             pass
         text = " ".join(_VOCAB[i % len(_VOCAB)] for i in range(sim.generated))
-        usage = _usage(sim)
-        created = int(time.time())
-        if chat:
+        base = _envelope(parsed, final=True)
+        if parsed.chat:
             choice: dict[str, Any] = {
                 "index": 0,
-                "message": {"role": "assistant", "content": text, "tool_calls": []},
+                "message": {
+                    "role": "assistant",
+                    "content": text,
+                    "tool_calls": [],
+                    "reasoning_content": None,
+                },
                 "logprobs": None,
-                "finish_reason": "length",
+                "finish_reason": parsed.finish_reason,
                 "stop_reason": None,
-            }
-            payload = {
-                "id": f"chatcmpl-{uuid.uuid4().hex}",
-                "object": "chat.completion",
-                "created": created,
-                "model": body["model"],
-                "choices": [choice],
-                "usage": usage,
             }
         else:
             choice = {
                 "index": 0,
                 "text": text,
                 "logprobs": None,
-                "finish_reason": "length",
+                "finish_reason": parsed.finish_reason,
                 "stop_reason": None,
+                "prompt_logprobs": None,
             }
-            payload = {
-                "id": f"cmpl-{uuid.uuid4().hex}",
-                "object": "text_completion",
-                "created": created,
-                "model": body["model"],
-                "choices": [choice],
-                "usage": usage,
-            }
-        return web.json_response(payload)
+        return web.json_response(
+            {**base, "choices": [choice], "usage": _usage(sim), "prompt_logprobs": None}
+        )
 
     async def _stream(
-        self, request: web.Request, body: dict[str, Any], sim: SimRequest, chat: bool
+        self, request: web.Request, parsed: _Parsed, sim: SimRequest
     ) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        assert sim.tokens is not None
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
         await response.prepare(request)
-        ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-        base = {
-            "id": ident,
-            "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": int(time.time()),
-            "model": body["model"],
-        }
+        base = _envelope(parsed, final=False)
+        options = parsed.body.get("stream_options") or {}
+        continuous = bool(options.get("continuous_usage_stats"))
         reset_after = None
         if self.faults.reset_streams > 0 and self.faults.reset_after_tokens is not None:
             self.faults.reset_streams -= 1
             reset_after = self.faults.reset_after_tokens
-        if chat:
+        if parsed.chat:
             first = {
                 "index": 0,
                 "delta": {"role": "assistant", "content": ""},
@@ -342,26 +393,27 @@ class SimServer:
                 assert request.transport is not None
                 request.transport.abort()
                 return response
-            last = index >= sim.output_tokens
-            word = _VOCAB[(index - 1) % len(_VOCAB)]
-            finish = "length" if last else None
-            if chat:
+            word = " " + _VOCAB[(index - 1) % len(_VOCAB)]
+            finish = parsed.finish_reason if index >= sim.output_tokens else None
+            if parsed.chat:
                 choice: dict[str, Any] = {
                     "index": 0,
-                    "delta": {"content": " " + word},
+                    "delta": {"content": word},
                     "logprobs": None,
                     "finish_reason": finish,
                 }
             else:
                 choice = {
                     "index": 0,
-                    "text": " " + word,
+                    "text": word,
                     "logprobs": None,
                     "finish_reason": finish,
                     "stop_reason": None,
                 }
-            await response.write(_sse({**base, "choices": [choice]}))
-        options = body.get("stream_options") or {}
+            chunk: dict[str, Any] = {**base, "choices": [choice]}
+            if continuous:
+                chunk["usage"] = _usage(sim, index)
+            await response.write(_sse(chunk))
         if options.get("include_usage"):
             await response.write(_sse({**base, "choices": [], "usage": _usage(sim)}))
         await response.write(b"data: [DONE]\n\n")
@@ -369,11 +421,29 @@ class SimServer:
         return response
 
 
-def _usage(sim: SimRequest) -> dict[str, int]:
+async def _json_object(request: web.Request) -> dict[str, Any] | None:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _envelope(parsed: _Parsed, *, final: bool) -> dict[str, Any]:
+    if parsed.chat:
+        kind = "chat.completion" if final else "chat.completion.chunk"
+        ident = f"chatcmpl-{uuid.uuid4().hex}"
+    else:
+        kind, ident = "text_completion", f"cmpl-{uuid.uuid4().hex}"
+    return {"id": ident, "object": kind, "created": int(time.time()), "model": parsed.body["model"]}
+
+
+def _usage(sim: SimRequest, generated: int | None = None) -> dict[str, int]:
+    done = sim.generated if generated is None else generated
     return {
         "prompt_tokens": sim.prompt_tokens,
-        "completion_tokens": sim.generated,
-        "total_tokens": sim.prompt_tokens + sim.generated,
+        "total_tokens": sim.prompt_tokens + done,
+        "completion_tokens": done,
     }
 
 

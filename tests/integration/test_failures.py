@@ -328,7 +328,7 @@ async def test_backend_errors_pass_through_unchanged(
     )
     assert status == 400
     assert body["error"]["type"] == "BadRequestError"
-    assert "maximum context length" in body["error"]["message"]
+    assert body["error"]["param"] == "max_tokens"
     # The backend is still fine and the slot was given back.
     status, _, _ = await _post(http, gateway.url + "/v1/completions")
     assert status == 200
