@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import numpy as np
 
@@ -13,3 +14,8 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 def fmt_ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.1f}"
+
+
+def gaps(times: Sequence[float]) -> list[float]:
+    """Differences between successive timestamps."""
+    return [b - a for a, b in pairwise(times)]
