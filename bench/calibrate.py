@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import sys
@@ -142,6 +143,54 @@ async def _stream(http: aiohttp.ClientSession, url: str, output: int) -> tuple[f
     return times[0] - start, gaps(times)
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+async def scale_check(servers: int = 16, seconds: float = 5.0) -> dict[str, float]:
+    """CPU used by one simulator process hosting ``servers`` servers, idle and streaming."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.sim.cli",
+        "--servers",
+        str(servers),
+        "--profile",
+        PROFILE,
+        "--model",
+        "m",
+        "--lengths",
+        "none",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        urls = json.loads(await process.stdout.readline())["servers"]
+        await asyncio.sleep(1.0)
+        before = _cpu_seconds(process.pid)
+        await asyncio.sleep(seconds)
+        idle = (_cpu_seconds(process.pid) - before) / seconds
+        async with aiohttp.ClientSession() as http:
+            before, start = _cpu_seconds(process.pid), time.perf_counter()
+            streams = [_stream(http, url, 256) for url in urls for _ in range(4)]
+            results = await asyncio.gather(*streams)
+            elapsed = time.perf_counter() - start
+            busy = (_cpu_seconds(process.pid) - before) / elapsed
+        tokens = sum(len(r[1]) + 1 for r in results)
+    finally:
+        process.terminate()
+        await process.wait()
+    return {
+        "servers": servers,
+        "idle_cpu_cores": idle,
+        "streaming_cpu_cores": busy,
+        "streams": len(results),
+        "tokens_per_s": tokens / elapsed,
+    }
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -262,6 +311,16 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for row in result["http_spot_check"]:
         lines.append(f"| {row['batch']} | {row['itl_mean_ms']:.2f} | {row['ttft_mean_ms']:.1f} |")
+    scale = result["scale"]
+    if scale:
+        lines += [
+            "",
+            f"Scale: one `sluice-sim` process hosting {scale['servers']} servers used "
+            f"{scale['idle_cpu_cores']:.3f} CPU cores idle, and "
+            f"{scale['streaming_cpu_cores']:.2f} cores while streaming {scale['streams']} "
+            f"concurrent replies ({scale['tokens_per_s']:.0f} tokens/s in SSE events, "
+            "the client on the same 2-core machine).",
+        ]
     lines += [
         "",
         "## TTFT against prompt length (batch 1)",
@@ -355,6 +414,7 @@ def main() -> int:
             for rate in (2, 5, 10, 15, 20, 25, 30, 35, 40, 60)
         ],
         "http_spot_check": [] if args.skip_http else asyncio.run(http_spot_check([1, 4, 16], 128)),
+        "scale": {} if args.skip_http else asyncio.run(scale_check()),
     }
     result["verdict"] = verdict(result)
     args.out.mkdir(parents=True, exist_ok=True)
