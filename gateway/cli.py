@@ -16,6 +16,8 @@ from pydantic import ValidationError
 from gateway.app import build_app, start_server
 from gateway.config import GatewayConfig, load_config
 from gateway.settings import Settings
+from predictor import artifact
+from predictor import cli as predictor_cli
 
 log = logging.getLogger("sluice")
 
@@ -28,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on; 0 picks a free one")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
+    predictor_cli.add_commands(commands)
     return parser
 
 
@@ -57,6 +60,8 @@ def _run(coro: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "predictor":
+        return predictor_cli.run(args)
     overrides = {
         key: value
         for key, value in (
@@ -72,6 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(settings.config) if settings.config else GatewayConfig()
     except (ValidationError, OSError, ValueError) as exc:
         print(f"sluice: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    try:
+        artifact.load(settings.predictor_artifact or artifact.PACKAGED)
+    except artifact.ArtifactError as exc:
+        print(f"sluice: refusing the length model: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

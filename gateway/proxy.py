@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
 BACKEND_HEADER = "x-sluice-backend"
+PREDICTED_HEADER = "x-sluice-predicted-tokens"
 _CLIENT_GONE = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
 
 
@@ -149,6 +150,8 @@ class Proxy:
 
     def _headers(self, record: RequestRecord) -> dict[str, str]:
         headers = {REQUEST_ID_HEADER: record.id}
+        if record.predicted_tokens is not None:
+            headers[PREDICTED_HEADER] = str(record.predicted_tokens)
         if record.backend is not None:
             headers[BACKEND_HEADER] = record.backend
         return headers

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from gateway.slo import SloTarget
+from predictor.features import PromptInfo
 
 Outcome = Literal["pending", "ok", "failed", "cancelled", "rejected", "upstream_status"]
 
@@ -29,6 +30,9 @@ class RequestRecord:
     completion_tokens: int | None = None
     outcome: Outcome = "pending"
     status: int = 0
+    predicted_tokens: int | None = None
+    predicted_p90: int | None = None
+    prompt: PromptInfo | None = field(default=None, repr=False)
 
     @property
     def tokens(self) -> int:

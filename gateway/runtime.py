@@ -19,6 +19,8 @@ from gateway.proxy import Proxy
 from gateway.records import RecordLog
 from gateway.scheduling.scheduler import Scheduler
 from gateway.settings import Settings
+from predictor import artifact
+from predictor.model import LengthModel
 
 
 @dataclass(slots=True)
@@ -29,6 +31,7 @@ class Services:
     metrics: GatewayMetrics
     records: RecordLog
     proxy: Proxy
+    lengths: LengthModel
 
 
 class Runtime:
@@ -52,6 +55,7 @@ class Runtime:
     async def lifespan(self, _app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: start the services, yield while serving, then stop them."""
         s = self.settings
+        loaded = await asyncio.to_thread(artifact.load, s.predictor_artifact or artifact.PACKAGED)
         connector = aiohttp.TCPConnector(limit=s.upstream_pool_size, limit_per_host=0)
         session = aiohttp.ClientSession(connector=connector)
         backends = [Backend(cfg, make_adapter(session, cfg)) for cfg in self.config.backends]
@@ -70,7 +74,7 @@ class Runtime:
             timeouts=self.timeouts(),
             queue_timeout_s=s.queue_timeout_s,
         )
-        self._services = Services(session, fleet, scheduler, metrics, records, proxy)
+        self._services = Services(session, fleet, scheduler, metrics, records, proxy, loaded.model)
         await fleet.probe_all()
         prober = asyncio.create_task(
             background("probes", lambda: fleet.run_probes(s.probe_interval_s))

@@ -35,4 +35,7 @@ class Settings(BaseSettings):
     )
     upstream_pool_size: int = Field(default=1024, ge=1)
     records_kept: int = Field(default=10_000, ge=0)
+    predictor_artifact: Path | None = Field(
+        default=None, description="Length-model manifest; the packaged model when unset."
+    )
     log_level: str = "INFO"

@@ -192,3 +192,25 @@ async def test_passthrough_of_other_v1_paths(
     ) as response:
         assert response.status == 404
         assert (await response.json())["error"]["param"] == "model"
+
+
+async def test_predicted_length_is_reported(
+    make_sim: SimFactory, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gateway = await make_gateway([await make_sim()])
+    sizes = {}
+    for name, content in (
+        ("essay", "Write a long detailed essay on the history of Rome."),
+        ("ack", "Thanks!"),
+    ):
+        async with http.post(
+            gateway.url + "/v1/chat/completions",
+            json={
+                "model": MODEL,
+                "messages": [{"role": "user", "content": content}],
+                "max_tokens": 2000,
+            },
+        ) as response:
+            assert response.status == 200
+            sizes[name] = int(response.headers["x-sluice-predicted-tokens"])
+    assert sizes["essay"] > sizes["ack"] >= 1
