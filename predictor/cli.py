@@ -104,7 +104,7 @@ TARGETS = """# Output-length predictor: evaluation
 | target | result | |
 |---|---|---|
 | Kendall τ ≥ 0.55 on held-out conversations | {kendall_tau:.3f} | missed |
-| p99 single-request prediction ≤ 1 ms | {predict_p99_us:.0f} µs (p50 {predict_p50_us:.0f} µs) | met |
+| p99 single-request prediction ≤ 1 ms | {predict_p99_us:.0f} µs, p50 {predict_p50_us:.0f} | met |
 
 The model: word uni- and bigrams hashed into 2^18 buckets (head and tail of long prompts),
 sublinear tf-idf, a ridge regression on log(1 + output tokens) with structure and lexical-cue
