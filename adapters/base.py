@@ -36,6 +36,7 @@ class EngineLoad:
     running: float | None = None
     waiting: float | None = None
     kv_usage: float | None = None
+    kv_capacity_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

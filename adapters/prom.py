@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 
 
@@ -35,3 +36,15 @@ def _sample_value(line: str) -> float | None:
     except ValueError:
         return None
     return value if math.isfinite(value) else None
+
+
+def first_labels(text: str, name: str) -> dict[str, str]:
+    """The labels of the first sample of ``name`` (an info metric's payload)."""
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            body = line[len(name) + 1 : line.rfind("}")]
+            return dict(_LABEL.findall(body))
+    return {}
+
+
+_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')

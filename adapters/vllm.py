@@ -21,13 +21,14 @@ from adapters.base import (
     StreamEvent,
     Timeouts,
 )
-from adapters.prom import collect_samples
+from adapters.prom import collect_samples, first_labels
 from adapters.sse import SseSplitter, event_data
 
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
 KV_USAGE = "vllm:kv_cache_usage_perc"
 KV_USAGE_OLD = "vllm:gpu_cache_usage_perc"
+CACHE_INFO = "vllm:cache_config_info"
 _SCRAPED = (RUNNING, WAITING, KV_USAGE, KV_USAGE_OLD)
 
 _UNREACHABLE = (
@@ -212,8 +213,14 @@ def parse_load(text: str) -> EngineLoad:
     waiting = found.get(WAITING)
     # One sample per engine (data parallel): counts add up, usage fractions average.
     kv = found.get(KV_USAGE) or found.get(KV_USAGE_OLD)
+    info = first_labels(text, CACHE_INFO)
+    try:
+        capacity: int | None = int(info["num_gpu_blocks"]) * int(info["block_size"])
+    except (KeyError, ValueError):
+        capacity = None
     return EngineLoad(
         running=sum(running) if running else None,
         waiting=sum(waiting) if waiting else None,
         kv_usage=sum(kv) / len(kv) if kv else None,
+        kv_capacity_tokens=capacity,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
@@ -22,10 +22,56 @@ class _Frozen(BaseModel):
 
 
 class SloClass(_Frozen):
-    """A named latency objective: time to first token and time per output token."""
+    """A named latency objective: time to first token and time per output token.
+
+    ``on_unattainable``: ``reject`` answers 429 at once when the TTFT target cannot be met;
+    ``best_effort`` serves the request anyway, without a guarantee."""
 
     ttft_ms: float = Field(gt=0, le=3_600_000)
     tpot_ms: float = Field(gt=0, le=600_000)
+    on_unattainable: Literal["reject", "best_effort"] = "reject"
+
+
+class LatencyPrior(_Frozen):
+    """Where a backend's online latency models start (defaults: Llama-3.1-8B on one H100).
+
+    Prefill: phi when the pending prompt tokens are at most theta, else alpha*tokens + beta.
+    ITL(B, L) = a*B*L + b*B + c*L + d, B running requests, L their mean context (tokens)."""
+
+    prefill_phi_ms: float = Field(default=15.0, gt=0)
+    prefill_theta_tokens: float = Field(default=512, ge=0)
+    prefill_alpha_ms: float = Field(default=0.01725, ge=0)
+    prefill_beta_ms: float = Field(default=6.0)
+    itl_a_ms: float = Field(default=0.00015, ge=0)
+    itl_b_ms: float = Field(default=0.006, ge=0)
+    itl_c_ms: float = Field(default=0.0, ge=0)
+    itl_d_ms: float = Field(default=5.75, gt=0)
+
+    def scaled(self, factor: float) -> LatencyPrior:
+        """The same prior for hardware ``factor`` times slower."""
+        fields = {
+            name: value * factor if name != "prefill_theta_tokens" else value
+            for name, value in self.model_dump().items()
+        }
+        return LatencyPrior(**fields)
+
+
+class SchedulerConfig(_Frozen):
+    """Which scheduling policy runs, and its parameters (ALGORITHMS.md §3, §4)."""
+
+    policy: Literal["slo", "least_loaded"] = "slo"
+    ldf: bool = True
+    reject: bool = True
+    vbs: bool = True
+    credits: bool = True
+    margin_ms: float = Field(default=50.0, ge=0)
+    epsilon: float = Field(default=1.3, ge=1.0)
+    admit_margin: float = Field(default=0.99, gt=0, le=1.0)
+    urgent_ms: float = Field(default=100.0, ge=0)
+    tick_ms: float = Field(default=10.0, gt=0)
+    output_quantile: Literal["p50", "p90", "p95"] = Field(
+        default="p90", description="Predicted output used for the KV reservation."
+    )
 
 
 class ModelConfig(_Frozen):
@@ -43,6 +89,13 @@ class BackendConfig(_Frozen):
     max_in_flight: int = Field(default=256, ge=1, le=100_000)
     weight: float = Field(default=1.0, gt=0)
     api_key: str | None = None
+    priority_scheduling: bool = Field(
+        default=False, description="The backend runs vLLM with --scheduling-policy priority."
+    )
+    kv_capacity_tokens: int | None = Field(
+        default=None, ge=1, description="KV-cache size; read from vLLM's metrics when unset."
+    )
+    latency_prior: LatencyPrior | None = None
 
     @property
     def base_url(self) -> str:
@@ -56,6 +109,8 @@ class GatewayConfig(_Frozen):
     default_class: Name = "default"
     models: tuple[ModelConfig, ...] = ()
     backends: tuple[BackendConfig, ...] = ()
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    latency_prior: LatencyPrior = Field(default_factory=LatencyPrior)
 
     @model_validator(mode="after")
     def _check_references(self) -> Self:

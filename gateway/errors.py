@@ -74,9 +74,15 @@ class PayloadTooLarge(SluiceError):
 
 
 class SloUnattainable(SluiceError):
+    """The latency objective cannot be met; ``reason`` says which guard decided."""
+
     status = 429
     error_type = "slo_unattainable"
     code = "slo_unattainable"
+
+    def __init__(self, message: str, *, reason: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, headers=headers)
+        self.reason = reason
 
 
 class UpstreamError(SluiceError):

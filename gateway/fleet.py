@@ -13,9 +13,45 @@ import aiohttp
 
 from adapters.base import EngineAdapter, EngineLoad
 from adapters.vllm import VllmAdapter
-from gateway.config import BackendConfig
+from gateway.config import BackendConfig, LatencyPrior
+from gateway.scheduling.latency import ItlModel, ItlParams, PrefillModel, PrefillParams
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False, slots=True)
+class InFlight:
+    """A request the gateway has dispatched to a backend, as the relay sees it progress."""
+
+    ticket: int
+    tpot_s: float
+    prompt_tokens: int
+    predicted_tokens: int
+    reserved_kv: int
+    dispatched_at: float
+    pending_at_dispatch: int  # prompt tokens awaiting prefill there at dispatch, its own too
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    tokens: int = 0
+
+    @property
+    def context(self) -> int:
+        return self.prompt_tokens + self.tokens
+
+
+def priors(prior: LatencyPrior) -> tuple[PrefillParams, ItlParams]:
+    ms = 1e-3
+    return (
+        PrefillParams(
+            prior.prefill_phi_ms * ms,
+            prior.prefill_theta_tokens,
+            prior.prefill_alpha_ms * ms,
+            prior.prefill_beta_ms * ms,
+        ),
+        ItlParams(
+            prior.itl_a_ms * ms, prior.itl_b_ms * ms, prior.itl_c_ms * ms, prior.itl_d_ms * ms
+        ),
+    )
 
 
 @dataclass(slots=True)
@@ -24,18 +60,45 @@ class Backend:
 
     config: BackendConfig
     adapter: EngineAdapter
+    prefill: PrefillModel
+    itl: ItlModel
     healthy: bool = False
     discovered: frozenset[str] | None = None
     model_cards: tuple[Mapping[str, Any], ...] = ()
-    in_flight: int = 0
+    inflight: dict[int, InFlight] = field(default_factory=dict)
     load: EngineLoad | None = None
     consecutive_failures: int = 0
     last_error: str | None = None
     last_probe: float | None = field(default=None)
 
+    @classmethod
+    def create(cls, config: BackendConfig, adapter: EngineAdapter, prior: LatencyPrior) -> Backend:
+        prefill, itl = priors(config.latency_prior or prior)
+        return cls(config, adapter, PrefillModel(prefill), ItlModel(itl))
+
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.inflight)
+
+    @property
+    def kv_capacity(self) -> int | None:
+        if self.config.kv_capacity_tokens is not None:
+            return self.config.kv_capacity_tokens
+        return self.load.kv_capacity_tokens if self.load is not None else None
+
+    def pending_prefill(self) -> int:
+        return sum(r.prompt_tokens for r in self.inflight.values() if r.first_token_at is None)
+
+    def decoding(self) -> tuple[int, float]:
+        """Requests past their first token, and their mean context."""
+        started = [r.context for r in self.inflight.values() if r.first_token_at is not None]
+        if not started:
+            return 0, 0.0
+        return len(started), sum(started) / len(started)
 
     @property
     def models(self) -> frozenset[str]:

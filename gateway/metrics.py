@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -89,6 +90,22 @@ class _FleetCollector(Collector):
                     if value is not None:
                         family.add_metric([backend.name], value)
         yield from (in_flight, healthy, running, waiting, kv)
+        estimates = GaugeMetricFamily(
+            "sluice_backend_latency_model",
+            "Online latency-model parameters (seconds; theta in tokens)",
+            labels=["backend", "model", "param"],
+        )
+        observations = GaugeMetricFamily(
+            "sluice_backend_latency_observations",
+            "Observations behind each latency model",
+            labels=["backend", "model"],
+        )
+        for backend in self._fleet:
+            for kind, fitted in (("prefill", backend.prefill), ("itl", backend.itl)):
+                for name, value in asdict(fitted.params).items():
+                    estimates.add_metric([backend.name, kind, name], value)
+                observations.add_metric([backend.name, kind], fitted.observations)
+        yield from (estimates, observations)
 
 
 class GatewayMetrics:
@@ -105,6 +122,31 @@ class GatewayMetrics:
             "sluice_requests_good",
             "Requests that met both latency targets",
             labels,
+            registry=self.registry,
+        )
+        self.admitted = Counter(
+            "sluice_admitted",
+            "Requests dispatched to a backend",
+            labels,
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "sluice_rejected",
+            "Requests refused, by reason",
+            [*labels, "reason"],
+            registry=self.registry,
+        )
+        self.late = Counter(
+            "sluice_requests_late",
+            "Served requests that missed a latency target",
+            labels,
+            registry=self.registry,
+        )
+        self.time_to_reject = Histogram(
+            "sluice_time_to_reject_seconds",
+            "Arrival to the refusal",
+            ["model"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
             registry=self.registry,
         )
         self.retries = Counter(
@@ -148,10 +190,16 @@ class GatewayMetrics:
         self.requests.labels(*labels, record.outcome).inc()
         if record.queue_s is not None:
             self.queue_wait.labels(record.model).observe(record.queue_s)
+        if record.outcome == "rejected":
+            self.rejected.labels(*labels, record.reject_reason or "unknown").inc()
+            if record.e2e_s is not None:
+                self.time_to_reject.labels(record.model).observe(record.e2e_s)
         if record.outcome != "ok":
             return
         if record.met_slo:
             self.good.labels(*labels).inc()
+        else:
+            self.late.labels(*labels).inc()
         for histogram, value in (
             (self.ttft, record.ttft_s),
             (self.tpot, record.tpot_s),

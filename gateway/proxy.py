@@ -26,6 +26,7 @@ from adapters.base import (
 )
 from gateway.errors import (
     NoBackendAvailable,
+    SloUnattainable,
     SluiceError,
     UpstreamError,
     UpstreamTimeout,
@@ -34,13 +35,14 @@ from gateway.errors import (
 from gateway.fleet import Fleet
 from gateway.metrics import GatewayMetrics
 from gateway.records import RecordLog, RequestRecord
-from gateway.scheduling.scheduler import Lease, Scheduler
+from gateway.scheduling.scheduler import Demand, Lease, Scheduler
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
 BACKEND_HEADER = "x-sluice-backend"
 PREDICTED_HEADER = "x-sluice-predicted-tokens"
+_ITL_SAMPLE_EVERY = 4  # one inter-token gap in this many feeds the ITL model
 _CLIENT_GONE = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
 
 
@@ -80,7 +82,12 @@ class Proxy:
             lease, upstream = await self._dispatch(call, record)
         except SluiceError as exc:
             record.status = exc.status
-            record.outcome = "rejected" if isinstance(exc, NoBackendAvailable) else "failed"
+            if isinstance(exc, SloUnattainable):
+                record.outcome, record.reject_reason = "rejected", exc.reason
+            elif isinstance(exc, NoBackendAvailable):
+                record.outcome, record.reject_reason = "rejected", "no_backend"
+            else:
+                record.outcome = "failed"
             self._finish(record)
             raise
         except asyncio.CancelledError:
@@ -91,7 +98,7 @@ class Proxy:
             if upstream.status != 200:
                 return await self._relay_status(upstream, record)
             if record.stream:
-                return await self._relay_stream(request, upstream, call, record)
+                return await self._relay_stream(request, upstream, call, record, lease)
             return await self._relay_body(upstream, record)
         except asyncio.CancelledError:
             record.outcome = "cancelled"
@@ -106,15 +113,20 @@ class Proxy:
     ) -> tuple[Lease, UpstreamResponse]:
         excluded: set[str] = set()
         failure: BackendUnreachable | None = None
-        deadline = record.arrival + record.slo.ttft_s
+        demand = Demand(
+            model=record.model,
+            arrival=record.arrival,
+            deadline=record.arrival + record.slo.ttft_s,
+            tpot_s=record.slo.tpot_s,
+            prompt_tokens=record.prompt_tokens_estimate,
+            predicted_tokens=record.predicted_tokens or 0,
+            reserve_tokens=record.prompt_tokens_estimate + (record.predicted_reserve or 0),
+            rejectable=record.slo.rejectable,
+        )
         for attempt in (1, 2):
             try:
                 lease = await self._scheduler.acquire(
-                    record.model,
-                    arrival=record.arrival,
-                    deadline=deadline,
-                    timeout_s=self._queue_timeout_s,
-                    excluded=excluded,
+                    demand, timeout_s=self._queue_timeout_s, excluded=excluded
                 )
             except NoBackendAvailable as exc:
                 if failure is None:
@@ -125,8 +137,12 @@ class Proxy:
                 lease.backend,
                 attempt,
             )
+            self._metrics.admitted.labels(record.model, record.slo.class_name).inc()
             backend = self._fleet[lease.backend]
-            payload = json.dumps(backend.adapter.prepare(call.body, wants_usage=call.wants_usage))
+            body = call.body
+            if backend.config.priority_scheduling and lease.priority is not None:
+                body = {**body, "priority": lease.priority}
+            payload = json.dumps(backend.adapter.prepare(body, wants_usage=call.wants_usage))
             try:
                 upstream = await backend.adapter.send(
                     "POST", call.endpoint, payload.encode(), self._timeouts
@@ -202,6 +218,7 @@ class Proxy:
         upstream: UpstreamResponse,
         call: GenerationCall,
         record: RequestRecord,
+        lease: Lease,
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             status=200,
@@ -215,7 +232,7 @@ class Proxy:
         await response.prepare(request)
         try:
             async for event in upstream.events():
-                self._observe(event, record)
+                self._observe(event, record, lease)
                 if event.usage_only and not call.wants_usage:
                     continue
                 await response.write(event.raw)
@@ -237,16 +254,30 @@ class Proxy:
         await self._write_quietly(response, None)
         return response
 
-    def _observe(self, event: StreamEvent, record: RequestRecord) -> None:
+    def _observe(self, event: StreamEvent, record: RequestRecord, lease: Lease) -> None:
         if event.tokens:
             now = self._clock()
             if record.first_token is None:
                 record.first_token = now
             record.token_times.extend([now] * event.tokens)
+            self._track(lease, event.tokens, now)
         if event.usage is not None:
             _take_usage(record, event.usage)
         if event.error is not None:
             record.outcome = "failed"
+
+    def _track(self, lease: Lease, tokens: int, now: float) -> None:
+        """Progress of the request on its backend, and what it teaches the latency models."""
+        inflight = lease.inflight
+        backend = self._fleet[lease.backend]
+        if inflight.first_token_at is None:
+            inflight.first_token_at = now
+            backend.prefill.observe(inflight.pending_at_dispatch, now - inflight.dispatched_at)
+        elif inflight.last_token_at is not None and inflight.tokens % _ITL_SAMPLE_EVERY == 0:
+            batch, mean_context = backend.decoding()
+            backend.itl.observe(batch, mean_context, (now - inflight.last_token_at) / tokens)
+        inflight.tokens += tokens
+        inflight.last_token_at = now
 
     @staticmethod
     async def _write_quietly(response: web.StreamResponse, data: bytes | None) -> None:

@@ -31,7 +31,9 @@ class RequestRecord:
     outcome: Outcome = "pending"
     status: int = 0
     predicted_tokens: int | None = None
-    predicted_p90: int | None = None
+    predicted_reserve: int | None = None
+    prompt_tokens_estimate: int = 0
+    reject_reason: str | None = None
     prompt: PromptInfo | None = field(default=None, repr=False)
 
     @property

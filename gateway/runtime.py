@@ -12,11 +12,12 @@ import aiohttp
 from aiohttp import web
 
 from adapters.base import Timeouts
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, SchedulerConfig
 from gateway.fleet import Backend, Fleet, background, make_adapter
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import Proxy
 from gateway.records import RecordLog
+from gateway.scheduling.policy import Policy, SloPolicy, least_loaded
 from gateway.scheduling.scheduler import Scheduler
 from gateway.settings import Settings
 from predictor import artifact
@@ -32,6 +33,21 @@ class Services:
     records: RecordLog
     proxy: Proxy
     lengths: LengthModel
+
+
+def make_policy(config: SchedulerConfig) -> Policy:
+    if config.policy == "least_loaded":
+        return least_loaded
+    return SloPolicy(
+        ldf=config.ldf,
+        reject=config.reject,
+        vbs=config.vbs,
+        credits=config.credits,
+        margin_s=config.margin_ms / 1000,
+        epsilon=config.epsilon,
+        admit_margin=config.admit_margin,
+        urgent_s=config.urgent_ms / 1000,
+    )
 
 
 class Runtime:
@@ -58,11 +74,14 @@ class Runtime:
         loaded = await asyncio.to_thread(artifact.load, s.predictor_artifact or artifact.PACKAGED)
         connector = aiohttp.TCPConnector(limit=s.upstream_pool_size, limit_per_host=0)
         session = aiohttp.ClientSession(connector=connector)
-        backends = [Backend(cfg, make_adapter(session, cfg)) for cfg in self.config.backends]
+        backends = [
+            Backend.create(cfg, make_adapter(session, cfg), self.config.latency_prior)
+            for cfg in self.config.backends
+        ]
         fleet = Fleet(
             backends, unhealthy_after=s.unhealthy_after, probe_timeout_s=s.probe_timeout_s
         )
-        scheduler = Scheduler(fleet, clock=time.monotonic)
+        scheduler = Scheduler(fleet, make_policy(self.config.scheduler), clock=time.monotonic)
         fleet.on_change = scheduler.schedule
         metrics = GatewayMetrics(fleet, scheduler.queue_depths)
         records = RecordLog(s.records_kept)
@@ -76,14 +95,18 @@ class Runtime:
         )
         self._services = Services(session, fleet, scheduler, metrics, records, proxy, loaded.model)
         await fleet.probe_all()
-        prober = asyncio.create_task(
-            background("probes", lambda: fleet.run_probes(s.probe_interval_s))
-        )
+        tick_s = self.config.scheduler.tick_ms / 1000
+        tasks = [
+            asyncio.create_task(background("probes", lambda: fleet.run_probes(s.probe_interval_s))),
+            asyncio.create_task(background("ticks", lambda: scheduler.run_ticks(tick_s))),
+        ]
         try:
             yield
         finally:
-            prober.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await prober
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await session.close()
             self._services = None

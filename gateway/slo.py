@@ -26,6 +26,7 @@ class SloTarget:
     class_name: str
     ttft_ms: float
     tpot_ms: float
+    rejectable: bool = True
 
     @property
     def ttft_s(self) -> float:
@@ -68,10 +69,12 @@ def resolve_slo(headers: Mapping[str, str], model: str, config: GatewayConfig) -
     base = config.slo_classes[class_name]
     ttft = _parse_ms(headers, TTFT_HEADER, _MAX_TTFT_MS)
     tpot = _parse_ms(headers, TPOT_HEADER, _MAX_TPOT_MS)
+    rejectable = base.on_unattainable == "reject"
     if ttft is None and tpot is None:
-        return SloTarget(class_name, base.ttft_ms, base.tpot_ms)
+        return SloTarget(class_name, base.ttft_ms, base.tpot_ms, rejectable)
     return SloTarget(
         CUSTOM_CLASS,
         base.ttft_ms if ttft is None else ttft,
         base.tpot_ms if tpot is None else tpot,
+        rejectable,
     )

@@ -24,7 +24,7 @@ from gateway.proxy import REQUEST_ID_HEADER, GenerationCall
 from gateway.records import RequestRecord
 from gateway.runtime import Runtime
 from gateway.slo import resolve_slo
-from predictor.features import info_from_request
+from predictor.features import approx_tokens, info_from_request
 
 RUNTIME = web.AppKey("runtime", Runtime)
 _OWN_PATHS = {"/v1/chat/completions": "POST", "/v1/completions": "POST", "/v1/models": "GET"}
@@ -116,7 +116,8 @@ def _generation(endpoint: str, *, chat: bool) -> Any:
             stream=stream,
             arrival=arrival,
             predicted_tokens=prediction.tokens,
-            predicted_p90=prediction.p90,
+            predicted_reserve=getattr(prediction, runtime.config.scheduler.output_quantile),
+            prompt_tokens_estimate=approx_tokens(prompt.prompt) + prompt.history_tokens,
             prompt=prompt,
         )
         call = GenerationCall(endpoint=endpoint, body=body, wants_usage=wants_usage)

@@ -1,17 +1,31 @@
-"""Placement policies: pure functions from a snapshot to the dispatches to make now."""
+"""Placement policies: pure functions from a snapshot to the decisions of one pass."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
-from gateway.scheduling.snapshot import BackendView, Placement, WaitingView
+from gateway.scheduling.guards import (
+    BackendLoad,
+    Verdict,
+    admit,
+    credit_after_pass,
+    fifo_key,
+    ldf_key,
+    predicted_prefill,
+    priority_tier,
+    tightness,
+    ttft_rejections,
+)
+from gateway.scheduling.snapshot import BackendView, Placement, Plan, Rejection, WaitingView
 
-Policy = Callable[[Sequence[WaitingView], Sequence[BackendView]], list[Placement]]
+Policy = Callable[[Sequence[WaitingView], Sequence[BackendView], float], Plan]
 
 
 def least_loaded(
-    waiting: Sequence[WaitingView], backends: Sequence[BackendView]
-) -> list[Placement]:
+    waiting: Sequence[WaitingView], backends: Sequence[BackendView], now: float = 0.0
+) -> Plan:
     """First come, first served, each to the healthy backend with the lowest in-flight/weight.
 
     A request with no eligible backend that has room stays queued; requests behind it may still
@@ -19,7 +33,7 @@ def least_loaded(
     """
     load = {b.name: b.in_flight for b in backends}
     placements: list[Placement] = []
-    for request in sorted(waiting, key=lambda w: (w.arrival, w.ticket)):
+    for request in sorted(waiting, key=fifo_key):
         candidates = [
             b
             for b in backends
@@ -33,4 +47,115 @@ def least_loaded(
         best = min(candidates, key=lambda b: (load[b.name] / b.weight, b.name))
         load[best.name] += 1
         placements.append(Placement(request.ticket, best.name))
-    return placements
+    return Plan(placements=placements)
+
+
+@dataclass(frozen=True, slots=True)
+class SloPolicy:
+    """LDF queue, TTFT rejection, VBS admission with the KV fit, and credits; each can be
+    switched off for ablation (with all off it is FIFO under the in-flight bound)."""
+
+    ldf: bool = True
+    reject: bool = True
+    vbs: bool = True
+    credits: bool = True
+    margin_s: float = 0.05
+    epsilon: float = 1.3
+    admit_margin: float = 0.99
+    urgent_s: float = 0.1
+
+    def __call__(
+        self, waiting: Sequence[WaitingView], backends: Sequence[BackendView], now: float
+    ) -> Plan:
+        ordered = sorted(waiting, key=ldf_key if self.ldf else fifo_key)
+        loads = {b.name: BackendLoad.of(b) for b in backends}
+        rejections: list[Rejection] = []
+        if self.reject:
+            rejected = ttft_rejections(
+                ordered,
+                loads,
+                now=now,
+                margin_s=self.margin_s,
+                epsilon=self.epsilon,
+                admit_margin=self.admit_margin,
+                vbs=self.vbs,
+            )
+            rejections = [
+                Rejection(t, "ttft_unattainable", predicted) for t, predicted in rejected.items()
+            ]
+            ordered = [w for w in ordered if w.ticket not in rejected]
+        tightest = self._tightest(ordered, loads.values())
+        placements: list[Placement] = []
+        credits: dict[int, float] = {}
+        blocked: set[str] = set()
+        for w in ordered:
+            trp = tightness(w.tpot_s, tightest.get(w.model, math.inf))
+            if w.model in blocked:
+                continue
+            candidates = [
+                load
+                for load in loads.values()
+                if load.view.healthy
+                and w.model in load.view.models
+                and load.view.name not in w.excluded
+            ]
+            if not candidates:
+                continue
+            if self.credits:
+                credit = credit_after_pass(w.credit, trp)
+                credits[w.ticket] = credit
+                if credit < 1.0 and not self._urgent(w, candidates, now):
+                    continue
+            verdicts = {
+                load.view.name: (
+                    admit(load, w, epsilon=self.epsilon, margin=self.admit_margin)
+                    if self.vbs
+                    else (Verdict.OK if load.count < load.view.max_in_flight else Verdict.FULL)
+                )
+                for load in candidates
+            }
+            admitting = [load for load in candidates if verdicts[load.view.name] is Verdict.OK]
+            if admitting:
+                best = min(
+                    admitting,
+                    key=lambda load: (
+                        predicted_prefill(load, w.prompt_tokens),
+                        load.count / load.view.weight,
+                        load.view.name,
+                    ),
+                )
+                best.add(w)
+                placements.append(Placement(w.ticket, best.view.name, priority_tier(trp)))
+                if self.credits:
+                    credits[w.ticket] = credits[w.ticket] - 1.0
+                continue
+            idle = [load for load in candidates if load.count == 0]
+            if idle and all(v in (Verdict.TPOT, Verdict.TPOT_OWN) for v in verdicts.values()):
+                # Not even an idle backend would decode it fast enough.
+                if w.rejectable and self.reject:
+                    rejections.append(Rejection(w.ticket, "tpot_unattainable"))
+                elif not w.rejectable:
+                    idle[0].add(w)  # best effort: served without a guarantee
+                    placements.append(Placement(w.ticket, idle[0].view.name, priority_tier(trp)))
+                continue
+            if all(v is Verdict.TPOT_OWN for v in verdicts.values()):
+                continue  # SCORPIO's shortcut: its own tight target must not block looser ones
+            blocked.add(w.model)  # keep LDF order: nothing behind it jumps ahead
+        return Plan(placements, rejections, credits)
+
+    @staticmethod
+    def _tightest(waiting: Sequence[WaitingView], loads: Iterable[BackendLoad]) -> dict[str, float]:
+        """Per model, the tightest TPOT target among waiting and in-flight requests."""
+        tightest: dict[str, float] = {}
+        for w in waiting:
+            tightest[w.model] = min(tightest.get(w.model, math.inf), w.tpot_s)
+        for load in loads:
+            for model in load.view.models:
+                if model in tightest:
+                    tightest[model] = min(tightest[model], load.min_tpot)
+        return tightest
+
+    def _urgent(self, w: WaitingView, candidates: list[BackendLoad], now: float) -> bool:
+        """The TTFT guard's override: a request whose deadline is near is eligible at once."""
+        prefill = min(predicted_prefill(load, w.prompt_tokens) for load in candidates)
+        return w.deadline - now - prefill < self.urgent_s

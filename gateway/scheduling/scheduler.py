@@ -1,31 +1,70 @@
-"""The gateway queue: requests wait here until the policy places them on a backend.
+"""The gateway queue: requests wait here until the policy places or rejects them.
 
-All state lives on the event loop; the policy itself is a pure function over a snapshot.
+All state lives on the event loop; the policy itself is a pure function over a snapshot,
+run on every arrival and completion and on a periodic tick (budgets shrink while waiting).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-from gateway.errors import NoBackendAvailable
-from gateway.fleet import Fleet
+from gateway.errors import NoBackendAvailable, SloUnattainable
+from gateway.fleet import Fleet, InFlight
 from gateway.scheduling.policy import Policy, least_loaded
-from gateway.scheduling.snapshot import BackendView, WaitingView
+from gateway.scheduling.snapshot import (
+    BackendView,
+    InFlightView,
+    Placement,
+    Rejection,
+    WaitingView,
+)
+
+REASON_HEADER = "x-sluice-reject-reason"
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """What a request needs, as the scheduler weighs it."""
+
+    model: str
+    arrival: float
+    deadline: float
+    tpot_s: float = math.inf
+    prompt_tokens: int = 0
+    predicted_tokens: int = 0
+    reserve_tokens: int = 0
+    rejectable: bool = True
 
 
 @dataclass(eq=False, slots=True)
 class _Ticket:
     id: int
-    model: str
-    arrival: float
-    deadline: float
+    demand: Demand
     excluded: frozenset[str]
-    future: asyncio.Future[str] = field(repr=False)
+    future: asyncio.Future[Placement] = field(repr=False)
+    credit: float = 0.0
+
+    def view(self) -> WaitingView:
+        d = self.demand
+        return WaitingView(
+            self.id,
+            d.model,
+            d.arrival,
+            d.deadline,
+            self.excluded,
+            d.tpot_s,
+            d.prompt_tokens,
+            d.predicted_tokens,
+            d.reserve_tokens,
+            self.credit,
+            d.rejectable,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +74,8 @@ class Lease:
     ticket: int
     backend: str
     dispatched_at: float
+    inflight: InFlight
+    priority: int | None = None
 
 
 class Scheduler:
@@ -51,70 +92,132 @@ class Scheduler:
         self._ids = itertools.count(1)
 
     def queue_depths(self) -> Counter[str]:
-        return Counter(ticket.model for ticket in self._waiting.values())
+        return Counter(ticket.demand.model for ticket in self._waiting.values())
 
     async def acquire(
-        self,
-        model: str,
-        *,
-        arrival: float,
-        deadline: float,
-        timeout_s: float,
-        excluded: Collection[str] = (),
+        self, demand: Demand, *, timeout_s: float, excluded: Collection[str] = ()
     ) -> Lease:
-        """Wait for a slot on a backend serving ``model``; NoBackendAvailable if none comes."""
+        """Wait for a slot on a backend serving the model. Raises NoBackendAvailable when
+        none serves it or none frees up in time, SloUnattainable when the policy rejects."""
         excluded_set = frozenset(excluded)
-        if not any(b.name not in excluded_set for b in self._fleet.healthy_for(model)):
+        if not any(b.name not in excluded_set for b in self._fleet.healthy_for(demand.model)):
             raise NoBackendAvailable(
-                f"no healthy backend serves model {model!r}", headers={"Retry-After": "1"}
+                f"no healthy backend serves model {demand.model!r}", headers={"Retry-After": "1"}
             )
         loop = asyncio.get_running_loop()
-        ticket = _Ticket(
-            next(self._ids), model, arrival, deadline, excluded_set, loop.create_future()
-        )
+        ticket = _Ticket(next(self._ids), demand, excluded_set, loop.create_future())
         self._waiting[ticket.id] = ticket
         self.schedule()
         try:
             async with asyncio.timeout(timeout_s):
-                backend = await asyncio.shield(ticket.future)
+                placement = await asyncio.shield(ticket.future)
         except (TimeoutError, asyncio.CancelledError) as exc:
             self._withdraw(ticket)
             if isinstance(exc, TimeoutError):
                 raise NoBackendAvailable(
-                    f"no backend slot for model {model!r} within {timeout_s:g}s",
+                    f"no backend slot for model {demand.model!r} within {timeout_s:g}s",
                     headers={"Retry-After": "1"},
                 ) from None
             raise
-        return Lease(ticket.id, backend, self._clock())
+        backend = self._fleet[placement.backend]
+        inflight = backend.inflight[ticket.id]
+        return Lease(
+            ticket.id, placement.backend, inflight.dispatched_at, inflight, placement.priority
+        )
 
     def _withdraw(self, ticket: _Ticket) -> None:
         """Take a ticket out of the queue; a slot granted in the same instant is given back."""
         self._waiting.pop(ticket.id, None)
-        if ticket.future.done():
-            self._fleet[ticket.future.result()].in_flight -= 1
+        future = ticket.future
+        if future.done() and not future.cancelled() and future.exception() is None:
+            self._fleet[future.result().backend].inflight.pop(ticket.id, None)
             self.schedule()
-        else:
-            ticket.future.cancel()
+        elif not future.done():
+            future.cancel()
 
     def release(self, lease: Lease) -> None:
-        self._fleet[lease.backend].in_flight -= 1
+        self._fleet[lease.backend].inflight.pop(lease.ticket, None)
         self.schedule()
 
-    def schedule(self) -> None:
-        """Run the policy over the current snapshot and hand out the slots it grants."""
-        if not self._waiting:
-            return
-        waiting = [
-            WaitingView(t.id, t.model, t.arrival, t.deadline, t.excluded)
-            for t in self._waiting.values()
-        ]
+    def snapshot(self) -> tuple[list[WaitingView], list[BackendView]]:
+        waiting = [t.view() for t in self._waiting.values()]
         backends = [
             BackendView(
-                b.name, b.healthy, b.models, b.in_flight, b.config.max_in_flight, b.config.weight
+                b.name,
+                b.healthy,
+                b.models,
+                b.in_flight,
+                b.config.max_in_flight,
+                b.config.weight,
+                tuple(
+                    InFlightView(
+                        r.tpot_s,
+                        r.prompt_tokens,
+                        r.tokens,
+                        r.predicted_tokens,
+                        r.reserved_kv,
+                        r.first_token_at is not None,
+                    )
+                    for r in b.inflight.values()
+                ),
+                b.prefill.params,
+                b.itl.params,
+                b.kv_capacity,
             )
             for b in self._fleet
         ]
-        for placement in self._policy(waiting, backends):
+        return waiting, backends
+
+    def schedule(self) -> None:
+        """Run the policy over the current snapshot and carry out its decisions."""
+        if not self._waiting:
+            return
+        now = self._clock()
+        waiting, backends = self.snapshot()
+        plan = self._policy(waiting, backends, now)
+        for rejection in plan.rejections:
+            self._reject(self._waiting.pop(rejection.ticket), rejection, now)
+        for placement in plan.placements:
             ticket = self._waiting.pop(placement.ticket)
-            self._fleet[placement.backend].in_flight += 1
-            ticket.future.set_result(placement.backend)
+            backend = self._fleet[placement.backend]
+            d = ticket.demand
+            backend.inflight[ticket.id] = InFlight(
+                ticket=ticket.id,
+                tpot_s=d.tpot_s,
+                prompt_tokens=d.prompt_tokens,
+                predicted_tokens=d.predicted_tokens,
+                reserved_kv=d.reserve_tokens,
+                dispatched_at=now,
+                pending_at_dispatch=backend.pending_prefill() + d.prompt_tokens,
+            )
+            ticket.future.set_result(placement)
+        for ticket_id, credit in plan.credits.items():
+            if ticket_id in self._waiting:
+                self._waiting[ticket_id].credit = credit
+
+    def _reject(self, ticket: _Ticket, rejection: Rejection, now: float) -> None:
+        budget = ticket.demand.deadline - now
+        if rejection.reason == "tpot_unattainable":
+            message = (
+                f"no backend can decode model {ticket.demand.model!r} at "
+                f"{ticket.demand.tpot_s * 1000:.0f} ms per token"
+            )
+        else:
+            message = (
+                f"time to first token cannot be met: predicted {rejection.predicted_s * 1000:.0f}"
+                f" ms, {max(0.0, budget) * 1000:.0f} ms of the budget left"
+            )
+        retry = max(1, math.ceil(rejection.predicted_s - max(0.0, budget)))
+        ticket.future.set_exception(
+            SloUnattainable(
+                message,
+                reason=rejection.reason,
+                headers={"Retry-After": str(retry), REASON_HEADER: rejection.reason},
+            )
+        )
+
+    async def run_ticks(self, interval_s: float) -> None:
+        """Re-run the policy while requests wait: their budgets shrink, credits grow."""
+        while True:
+            await asyncio.sleep(interval_s)
+            self.schedule()

@@ -1,8 +1,31 @@
-"""Immutable views that scheduling decisions are computed over."""
+"""Immutable views that scheduling decisions are computed over, and what decisions return."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+
+from gateway.scheduling.latency import ItlParams, PrefillParams
+
+
+@dataclass(frozen=True, slots=True)
+class InFlightView:
+    """A request dispatched to a backend and not finished."""
+
+    tpot_s: float
+    prompt_tokens: int
+    tokens: int  # generated so far
+    predicted_tokens: int
+    reserved_kv: int  # prompt + conservative output estimate
+    started: bool  # first token seen
+
+    @property
+    def context(self) -> int:
+        return self.prompt_tokens + self.tokens
+
+    @property
+    def remaining_tokens(self) -> int:
+        return max(0, self.predicted_tokens - self.tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -13,6 +36,10 @@ class BackendView:
     in_flight: int
     max_in_flight: int
     weight: float = 1.0
+    requests: tuple[InFlightView, ...] = ()
+    prefill: PrefillParams | None = None
+    itl: ItlParams | None = None
+    kv_capacity: int | None = None
 
     @property
     def has_room(self) -> bool:
@@ -28,9 +55,30 @@ class WaitingView:
     arrival: float
     deadline: float
     excluded: frozenset[str] = frozenset()
+    tpot_s: float = math.inf
+    prompt_tokens: int = 0
+    predicted_tokens: int = 0
+    reserve_tokens: int = 0  # KV it may need: prompt + a conservative output estimate
+    credit: float = 0.0
+    rejectable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class Placement:
     ticket: int
     backend: str
+    priority: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    ticket: int
+    reason: str
+    predicted_s: float = 0.0  # predicted time to first token that could not fit the budget
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    placements: list[Placement] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    credits: dict[int, float] = field(default_factory=dict)

@@ -59,4 +59,4 @@ def waiting(ticket: int, model: str = "m", excluded: tuple[str, ...] = ()) -> Wa
 def test_least_loaded(
     queue: list[WaitingView], backends: list[BackendView], expected: list[Placement]
 ) -> None:
-    assert least_loaded(queue, backends) == expected
+    assert least_loaded(queue, backends, 0.0).placements == expected

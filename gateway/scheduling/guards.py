@@ -1,0 +1,212 @@
+"""The SLO guards as pure functions (ALGORITHMS.md §3 and §4, gateway forms).
+
+Each takes plain values or snapshot views and returns a decision; ``policy.SloPolicy``
+strings them together into one scheduling pass.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from gateway.scheduling.snapshot import BackendView, WaitingView
+
+DEFAULT_CONTEXT = 1000.0  # mean context assumed for a backend with nothing in flight
+
+
+def ldf_key(w: WaitingView) -> tuple[float, float, int]:
+    """Least deadline first; ties by arrival, then ticket."""
+    return (w.deadline, w.arrival, w.ticket)
+
+
+def fifo_key(w: WaitingView) -> tuple[float, float, int]:
+    return (w.arrival, w.arrival, w.ticket)
+
+
+def tightness(tpot_s: float, tightest_s: float) -> float:
+    """TRP: 1 for the tightest TPOT target in the set, below 1 for looser ones."""
+    if not math.isfinite(tpot_s) or tpot_s <= 0:
+        return 1.0 if not math.isfinite(tightest_s) else 0.0
+    return min(1.0, tightest_s / tpot_s)
+
+
+def credit_after_pass(credit: float, trp: float) -> float:
+    return credit + trp
+
+
+def priority_tier(trp: float) -> int:
+    """vLLM priority (lower runs first) from tightness: 0 for the tightest, up to 9."""
+    return max(0, min(9, round(10 * (1.0 - trp))))
+
+
+class Verdict(enum.Enum):
+    OK = "ok"
+    FULL = "full"  # the backend's in-flight bound
+    KV = "kv"  # not enough free KV cache for prompt plus predicted output
+    TPOT = "tpot"  # admitting it would push the backend's ITL past its tightest target
+    TPOT_OWN = "tpot_own"  # fails only because of its own, tighter target
+
+
+@dataclass(slots=True)
+class BackendLoad:
+    """A backend's load during one pass; placements made in the pass are added to it."""
+
+    view: BackendView
+    count: int
+    context_sum: float
+    min_tpot: float
+    kv_reserved: int
+    pending_prefill: int
+    remaining: list[tuple[int, int, bool]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, view: BackendView) -> BackendLoad:
+        requests = view.requests
+        return cls(
+            view=view,
+            count=view.in_flight,
+            context_sum=float(sum(r.context for r in requests)),
+            min_tpot=min((r.tpot_s for r in requests), default=math.inf),
+            kv_reserved=sum(r.reserved_kv for r in requests),
+            pending_prefill=sum(r.prompt_tokens for r in requests if not r.started),
+            remaining=[(r.prompt_tokens, r.remaining_tokens, r.started) for r in requests],
+        )
+
+    def mean_context(self, extra_count: int = 0, extra_context: float = 0.0) -> float:
+        count = self.count + extra_count
+        if count <= 0:
+            return DEFAULT_CONTEXT
+        return (self.context_sum + extra_context) / count
+
+    def add(self, w: WaitingView) -> None:
+        self.count += 1
+        self.context_sum += w.prompt_tokens + w.predicted_tokens / 2
+        self.min_tpot = min(self.min_tpot, w.tpot_s)
+        self.kv_reserved += w.reserve_tokens
+        self.pending_prefill += w.prompt_tokens
+        self.remaining.append((w.prompt_tokens, w.predicted_tokens, False))
+
+
+def predicted_prefill(load: BackendLoad, prompt_tokens: int) -> float:
+    params = load.view.prefill
+    if params is None:
+        return 0.0
+    return params.predict(load.pending_prefill + prompt_tokens)
+
+
+def admit(load: BackendLoad, w: WaitingView, *, epsilon: float, margin: float) -> Verdict:
+    """VBS admission of ``w`` to one backend: the in-flight bound, the KV fit, and
+    eps * ITL(N + 1, L') <= margin * min TPOT over (in flight and w)."""
+    view = load.view
+    if load.count >= view.max_in_flight:
+        return Verdict.FULL
+    if view.kv_capacity is not None and load.kv_reserved + w.reserve_tokens > view.kv_capacity:
+        return Verdict.KV
+    if view.itl is None:
+        return Verdict.OK
+    mean = load.mean_context(1, w.prompt_tokens + w.predicted_tokens / 2)
+    itl = epsilon * view.itl.predict(load.count + 1, mean)
+    if itl <= margin * min(load.min_tpot, w.tpot_s):
+        return Verdict.OK
+    if itl <= margin * load.min_tpot:
+        return Verdict.TPOT_OWN
+    return Verdict.TPOT
+
+
+def decode_headroom(load: BackendLoad, tpot_limit: float, *, epsilon: float, margin: float) -> int:
+    """How many more requests the backend could take now before VBS admission refuses."""
+    view = load.view
+    room = view.max_in_flight - load.count
+    if view.itl is not None:
+        limit = margin * min(load.min_tpot, tpot_limit) / epsilon
+        batch = view.itl.max_batch(load.mean_context(), limit)
+        if math.isfinite(batch):
+            room = min(room, math.floor(batch) - load.count)
+    if view.kv_capacity is not None and load.count:
+        per_request = load.kv_reserved / load.count
+        room = min(room, math.floor((view.kv_capacity - load.kv_reserved) / max(per_request, 1)))
+    return max(0, room)
+
+
+def slot_free_times(loads: Iterable[BackendLoad]) -> list[float]:
+    """When each in-flight request is predicted to finish, from now, soonest first."""
+    times: list[float] = []
+    for load in loads:
+        view = load.view
+        itl = view.itl.predict(max(load.count, 1), load.mean_context()) if view.itl else 0.0
+        for prompt, remaining, started in load.remaining:
+            prefill = 0.0 if started or view.prefill is None else view.prefill.predict(prompt)
+            times.append(prefill + remaining * itl)
+    times.sort()
+    return times
+
+
+def ttft_rejections(
+    ordered: Sequence[WaitingView],
+    loads: dict[str, BackendLoad],
+    *,
+    now: float,
+    margin_s: float,
+    epsilon: float,
+    admit_margin: float,
+    vbs: bool,
+) -> dict[int, float]:
+    """The TTFT guard's walk over the queue in LDF order (SCORPIO §3, gateway form).
+
+    Each request is placed, hypothetically, on the backend that would prefill it soonest,
+    after the prefill work already pending there and that of the requests ahead of it. If no
+    slot is free it first waits for the k-th in-flight request to finish, k its position among
+    those that must wait. It is rejected when its remaining budget is below that predicted
+    time to first token plus the margin; a rejected request's tokens are not counted.
+    Returns ticket -> predicted time to first token, for the rejected ones.
+    """
+    rejected: dict[int, float] = {}
+    models = {w.model for w in ordered}
+    work = {
+        name: BackendLoad(
+            load.view,
+            load.count,
+            load.context_sum,
+            load.min_tpot,
+            load.kv_reserved,
+            load.pending_prefill,
+            load.remaining,
+        )
+        for name, load in loads.items()
+    }
+    for model in models:
+        queue = [w for w in ordered if w.model == model]
+        serving = [
+            work[n] for n, load in loads.items() if load.view.healthy and model in load.view.models
+        ]
+        if not serving:
+            continue  # nothing to predict with: the request waits (cold start), not refused
+        tightest = min(w.tpot_s for w in queue)
+        if vbs:
+            headroom = sum(
+                decode_headroom(load, tightest, epsilon=epsilon, margin=admit_margin)
+                for load in serving
+            )
+        else:
+            headroom = sum(max(0, load.view.max_in_flight - load.count) for load in serving)
+        free = slot_free_times(serving)
+        position = 0
+        for w in queue:
+            candidates = [load for load in serving if load.view.name not in w.excluded]
+            if not candidates:
+                continue
+            best = min(candidates, key=lambda load: predicted_prefill(load, w.prompt_tokens))
+            prefill = predicted_prefill(best, w.prompt_tokens)
+            if position < headroom or not free:
+                wait = 0.0
+            else:
+                wait = free[min(position - headroom, len(free) - 1)]
+            predicted = wait + prefill
+            if w.rejectable and w.deadline - now < predicted + margin_s:
+                rejected[w.ticket] = predicted
+                continue
+            best.pending_prefill += w.prompt_tokens
+            position += 1
+    return rejected
