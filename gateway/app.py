@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway.api import openai, ops
+from gateway.api import admin, openai, ops
 from gateway.api.openai import RUNTIME
 from gateway.config import GatewayConfig
 from gateway.middleware import openai_errors
@@ -15,11 +15,14 @@ from gateway.settings import Settings
 
 
 def build_app(settings: Settings, config: GatewayConfig) -> web.Application:
-    app = web.Application(middlewares=[openai_errors], client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=[openai_errors, admin.admin_auth], client_max_size=settings.max_body_bytes
+    )
     runtime = Runtime(settings, config)
     app[RUNTIME] = runtime
     app.cleanup_ctx.append(runtime.lifespan)
     ops.add_routes(app)
+    admin.add_routes(app)
     openai.add_routes(app)
     return app
 

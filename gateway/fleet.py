@@ -17,6 +17,7 @@ from gateway.config import BackendConfig, LatencyPrior
 from gateway.scheduling.latency import ItlModel, ItlParams, PrefillModel, PrefillParams
 
 log = logging.getLogger(__name__)
+ITL_WINDOW = 8  # tokens per inter-token-latency observation
 
 
 @dataclass(eq=False, slots=True)
@@ -33,6 +34,8 @@ class InFlight:
     first_token_at: float | None = None
     last_token_at: float | None = None
     tokens: int = 0
+    window_at: float = 0.0  # start of the current ITL measurement window
+    window_tokens: int = 0
 
     @property
     def context(self) -> int:
@@ -66,6 +69,9 @@ class Backend:
     discovered: frozenset[str] | None = None
     model_cards: tuple[Mapping[str, Any], ...] = ()
     inflight: dict[int, InFlight] = field(default_factory=dict)
+    decoding_count: int = 0  # in flight and past the first token
+    decoding_context: int = 0  # their contexts, summed
+    dispatched: int = 0
     load: EngineLoad | None = None
     consecutive_failures: int = 0
     last_error: str | None = None
@@ -95,10 +101,32 @@ class Backend:
 
     def decoding(self) -> tuple[int, float]:
         """Requests past their first token, and their mean context."""
-        started = [r.context for r in self.inflight.values() if r.first_token_at is not None]
-        if not started:
+        if not self.decoding_count:
             return 0, 0.0
-        return len(started), sum(started) / len(started)
+        return self.decoding_count, self.decoding_context / self.decoding_count
+
+    def advance(self, request: InFlight, tokens: int, now: float) -> None:
+        """A streamed chunk of ``tokens`` for ``request`` arrived at ``now``."""
+        if request.first_token_at is None:
+            request.first_token_at = request.window_at = now
+            self.decoding_count += 1
+            self.decoding_context += request.context
+            self.prefill.observe(request.pending_at_dispatch, now - request.dispatched_at)
+        request.tokens += tokens
+        self.decoding_context += tokens
+        request.last_token_at = now
+        # Mean gaps over windows of tokens: a socket read may bring several tokens at once.
+        span = request.tokens - request.window_tokens - 1
+        if span >= ITL_WINDOW:
+            batch, mean_context = self.decoding()
+            self.itl.observe(batch, mean_context, (now - request.window_at) / span)
+            request.window_at, request.window_tokens = now, request.tokens - 1
+
+    def remove(self, ticket: int) -> None:
+        request = self.inflight.pop(ticket, None)
+        if request is not None and request.first_token_at is not None:
+            self.decoding_count -= 1
+            self.decoding_context -= request.context
 
     @property
     def models(self) -> frozenset[str]:

@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "x-request-id"
 BACKEND_HEADER = "x-sluice-backend"
 PREDICTED_HEADER = "x-sluice-predicted-tokens"
-_ITL_SAMPLE_EVERY = 4  # one inter-token gap in this many feeds the ITL model
 _CLIENT_GONE = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
 
 
@@ -260,24 +259,11 @@ class Proxy:
             if record.first_token is None:
                 record.first_token = now
             record.token_times.extend([now] * event.tokens)
-            self._track(lease, event.tokens, now)
+            self._fleet[lease.backend].advance(lease.inflight, event.tokens, now)
         if event.usage is not None:
             _take_usage(record, event.usage)
         if event.error is not None:
             record.outcome = "failed"
-
-    def _track(self, lease: Lease, tokens: int, now: float) -> None:
-        """Progress of the request on its backend, and what it teaches the latency models."""
-        inflight = lease.inflight
-        backend = self._fleet[lease.backend]
-        if inflight.first_token_at is None:
-            inflight.first_token_at = now
-            backend.prefill.observe(inflight.pending_at_dispatch, now - inflight.dispatched_at)
-        elif inflight.last_token_at is not None and inflight.tokens % _ITL_SAMPLE_EVERY == 0:
-            batch, mean_context = backend.decoding()
-            backend.itl.observe(batch, mean_context, (now - inflight.last_token_at) / tokens)
-        inflight.tokens += tokens
-        inflight.last_token_at = now
 
     @staticmethod
     async def _write_quietly(response: web.StreamResponse, data: bytes | None) -> None:

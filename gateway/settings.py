@@ -39,3 +39,7 @@ class Settings(BaseSettings):
         default=None, description="Length-model manifest; the packaged model when unset."
     )
     log_level: str = "INFO"
+    admin_token: str | None = Field(
+        default=None,
+        description="Bearer token for /admin. Without one, /admin answers only on loopback.",
+    )

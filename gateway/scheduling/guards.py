@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gateway.scheduling.snapshot import BackendView, WaitingView
 
@@ -87,6 +87,7 @@ class BackendLoad:
         self.kv_reserved += w.reserve_tokens
         self.pending_prefill += w.prompt_tokens
         self.remaining.append((w.prompt_tokens, w.predicted_tokens, False))
+        self.view = replace(self.view, dispatched=self.view.dispatched + 1)
 
 
 def predicted_prefill(load: BackendLoad, prompt_tokens: int) -> float:
@@ -113,6 +114,24 @@ def admit(load: BackendLoad, w: WaitingView, *, epsilon: float, margin: float) -
     if itl <= margin * load.min_tpot:
         return Verdict.TPOT_OWN
     return Verdict.TPOT
+
+
+def placement_cost(
+    load: BackendLoad, w: WaitingView, *, now: float, epsilon: float
+) -> tuple[float, float, int, str]:
+    """How much of its budgets ``w`` would use on this backend, worst first: the share of its
+    remaining TTFT budget that prefill takes, and the share of the tightest TPOT target there
+    that the batch's ITL takes once it joins. Lower is better; ties go to the backend that
+    has been sent the fewest requests."""
+    budget = max(w.deadline - now, 1e-3)
+    ttft_share = predicted_prefill(load, w.prompt_tokens) / budget
+    tpot_share = 0.0
+    view = load.view
+    if view.itl is not None:
+        mean = load.mean_context(1, w.prompt_tokens + w.predicted_tokens / 2)
+        itl = epsilon * view.itl.predict(load.count + 1, mean)
+        tpot_share = itl / min(load.min_tpot, w.tpot_s)
+    return (max(ttft_share, tpot_share), ttft_share + tpot_share, view.dispatched, view.name)
 
 
 def decode_headroom(load: BackendLoad, tpot_limit: float, *, epsilon: float, margin: float) -> int:

@@ -13,6 +13,7 @@ from gateway.scheduling.guards import (
     credit_after_pass,
     fifo_key,
     ldf_key,
+    placement_cost,
     predicted_prefill,
     priority_tier,
     tightness,
@@ -118,11 +119,7 @@ class SloPolicy:
             if admitting:
                 best = min(
                     admitting,
-                    key=lambda load: (
-                        predicted_prefill(load, w.prompt_tokens),
-                        load.count / load.view.weight,
-                        load.view.name,
-                    ),
+                    key=lambda load: placement_cost(load, w, now=now, epsilon=self.epsilon),
                 )
                 best.add(w)
                 placements.append(Placement(w.ticket, best.view.name, priority_tier(trp)))

@@ -130,13 +130,13 @@ class Scheduler:
         self._waiting.pop(ticket.id, None)
         future = ticket.future
         if future.done() and not future.cancelled() and future.exception() is None:
-            self._fleet[future.result().backend].inflight.pop(ticket.id, None)
+            self._fleet[future.result().backend].remove(ticket.id)
             self.schedule()
         elif not future.done():
             future.cancel()
 
     def release(self, lease: Lease) -> None:
-        self._fleet[lease.backend].inflight.pop(lease.ticket, None)
+        self._fleet[lease.backend].remove(lease.ticket)
         self.schedule()
 
     def snapshot(self) -> tuple[list[WaitingView], list[BackendView]]:
@@ -163,6 +163,7 @@ class Scheduler:
                 b.prefill.params,
                 b.itl.params,
                 b.kv_capacity,
+                b.dispatched,
             )
             for b in self._fleet
         ]
@@ -180,6 +181,7 @@ class Scheduler:
         for placement in plan.placements:
             ticket = self._waiting.pop(placement.ticket)
             backend = self._fleet[placement.backend]
+            backend.dispatched += 1
             d = ticket.demand
             backend.inflight[ticket.id] = InFlight(
                 ticket=ticket.id,

@@ -40,6 +40,7 @@ class BackendView:
     prefill: PrefillParams | None = None
     itl: ItlParams | None = None
     kv_capacity: int | None = None
+    dispatched: int = 0  # requests sent there so far: the last tie-break, least used first
 
     @property
     def has_room(self) -> bool:
