@@ -99,15 +99,7 @@ class Scheduler:
     ) -> Lease:
         """Wait for a slot on a backend serving the model. Raises NoBackendAvailable when
         none serves it or none frees up in time, SloUnattainable when the policy rejects."""
-        excluded_set = frozenset(excluded)
-        if not any(b.name not in excluded_set for b in self._fleet.healthy_for(demand.model)):
-            raise NoBackendAvailable(
-                f"no healthy backend serves model {demand.model!r}", headers={"Retry-After": "1"}
-            )
-        loop = asyncio.get_running_loop()
-        ticket = _Ticket(next(self._ids), demand, excluded_set, loop.create_future())
-        self._waiting[ticket.id] = ticket
-        self.schedule()
+        ticket = self._enqueue(demand, excluded, asyncio.get_running_loop())
         try:
             async with asyncio.timeout(timeout_s):
                 placement = await asyncio.shield(ticket.future)
@@ -124,6 +116,29 @@ class Scheduler:
         return Lease(
             ticket.id, placement.backend, inflight.dispatched_at, inflight, placement.priority
         )
+
+    def submit(
+        self, demand: Demand, loop: asyncio.AbstractEventLoop, excluded: Collection[str] = ()
+    ) -> tuple[int, asyncio.Future[Placement]]:
+        """Queue a request without waiting: its future resolves to a Placement or raises.
+
+        For drivers that run the scheduler on a clock of their own (the virtual-time
+        benchmark); a server uses ``acquire``."""
+        ticket = self._enqueue(demand, excluded, loop)
+        return ticket.id, ticket.future
+
+    def _enqueue(
+        self, demand: Demand, excluded: Collection[str], loop: asyncio.AbstractEventLoop
+    ) -> _Ticket:
+        excluded_set = frozenset(excluded)
+        if not any(b.name not in excluded_set for b in self._fleet.healthy_for(demand.model)):
+            raise NoBackendAvailable(
+                f"no healthy backend serves model {demand.model!r}", headers={"Retry-After": "1"}
+            )
+        ticket = _Ticket(next(self._ids), demand, excluded_set, loop.create_future())
+        self._waiting[ticket.id] = ticket
+        self.schedule()
+        return ticket
 
     def _withdraw(self, ticket: _Ticket) -> None:
         """Take a ticket out of the queue; a slot granted in the same instant is given back."""

@@ -1,0 +1,354 @@
+"""Benchmark of the SLO guards, with ablation (issue: SLO guards).
+
+Four simulated Llama-3.1-8B/H100 servers; arrivals from the Azure conversation trace rescaled
+to 0.5x-2x the fleet's capacity; ShareGPT prompts (the simulator gives each its real reply
+length); SLO classes drawn uniformly from SCORPIO's six. Five gateway configurations, same
+arrivals and prompts:
+  (i)   least-loaded forwarding, no gateway queue
+  (ii)  LDF queue under a static in-flight bound
+  (iii) LDF + TTFT rejection
+  (iv)  full guards: LDF, rejection, VBS admission with the KV fit, credits
+  (v)   full guards without credits
+Two modes, one report:
+  * virtual (default for the ablation): the gateway's own scheduler, policies, online latency
+    models and length predictor, driven in virtual time against the simulator's engine
+    (bench.virtual_gateway) - thousands of requests per run, as sustained overload needs;
+  * http (--http): the whole path over real sockets (simulator and gateway processes, a
+    streaming client), time dilated ``--dilation`` times (engine steps, SLOs and latency priors
+    alike) so this 2-core machine can stream the tokens; it measures what the gateway costs,
+    such as the time to answer a rejection.
+Writes bench/reports/guards.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.data import load_sharegpt
+from bench.procs import gateway, sim_fleet
+from bench.sim.profiles import get_profile
+from bench.sim.virtual import Arrival, simulate
+from bench.stats import percentile
+from bench.virtual_gateway import run_virtual
+from bench.workload import SCORPIO_CLASSES, Result, azure_gaps, plan, run_open_loop, scaled_arrivals
+from gateway.config import LatencyPrior, SchedulerConfig
+from predictor import artifact
+
+REPORTS = Path(__file__).resolve().parent / "reports"
+MODEL = "llama-3.1-8b"
+BACKENDS = 4
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "i_least_loaded": {"scheduler": {"policy": "least_loaded"}, "max_in_flight": 100_000},
+    "ii_ldf": {
+        "scheduler": {"ldf": True, "reject": False, "vbs": False, "credits": False},
+        "max_in_flight": 128,
+    },
+    "iii_ldf_reject": {
+        "scheduler": {"ldf": True, "reject": True, "vbs": False, "credits": False},
+        "max_in_flight": 128,
+    },
+    "iv_full": {"scheduler": {}, "max_in_flight": 256},
+    "v_full_no_credits": {"scheduler": {"credits": False}, "max_in_flight": 256},
+}
+LABELS = {
+    "i_least_loaded": "(i) least-loaded, no queue",
+    "ii_ldf": "(ii) LDF only",
+    "iii_ldf_reject": "(iii) LDF + rejection",
+    "iv_full": "(iv) full guards",
+    "v_full_no_credits": "(v) full, no credits",
+}
+
+
+def capacity_per_backend(samples: list[Any], max_tokens: int) -> float:
+    """Requests/s one server completes when saturated by this mix (engine model, virtual time)."""
+    profile = get_profile("llama8b-h100")
+    arrivals = [
+        Arrival(i / 200.0, s.prompt_tokens, min(s.output_tokens, max_tokens))
+        for i, s in enumerate(samples[:6000])
+    ]
+    done = simulate(profile, arrivals)
+    finishes = sorted(r.finished_at or 0.0 for r in done)
+    # Completion rate over the middle of the run, away from ramp-up and drain.
+    lo, hi = len(finishes) // 4, 3 * len(finishes) // 4
+    return (hi - lo) / (finishes[hi] - finishes[lo])
+
+
+def summarize(results: list[Result], dilation: float, span_s: float) -> dict[str, Any]:
+    def good(r: Result) -> bool:
+        ttft_ms, tpot_ms = SCORPIO_CLASSES[r.slo_class]
+        return (
+            r.status == 200
+            and r.ttft_s is not None
+            and r.ttft_s / dilation * 1000 <= ttft_ms
+            and (r.tpot_s is None or r.tpot_s / dilation * 1000 <= tpot_ms)
+        )
+
+    served = [r for r in results if r.status == 200]
+    rejected = [r for r in results if r.status == 429]
+    admitted = len(results) - len(rejected)
+    n_good = sum(good(r) for r in results)
+    ttfts = [r.ttft_s / dilation for r in served if r.ttft_s is not None]
+    tpots = [r.tpot_s / dilation for r in served if r.tpot_s is not None]
+    rejects_ms = [r.elapsed_s * 1000 for r in rejected]
+
+    def ms(v: float | None) -> float | None:
+        return None if v is None else v * 1000
+
+    per_class = {
+        name: {
+            "offered": sum(r.slo_class == name for r in results),
+            "good": sum(good(r) for r in results if r.slo_class == name),
+        }
+        for name in SCORPIO_CLASSES
+    }
+    return {
+        "offered": len(results),
+        "served": len(served),
+        "good": n_good,
+        "rejected": len(rejected),
+        "failed": len(results) - len(served) - len(rejected),
+        "goodput_rps": n_good / span_s,
+        "attainment_offered": n_good / len(results),
+        "attainment_admitted": n_good / admitted if admitted else None,
+        "rejection_rate": len(rejected) / len(results),
+        "ttft_p99_ms": ms(percentile(ttfts, 99)),
+        "tpot_p99_ms": ms(percentile(tpots, 99)),
+        "ttft_p50_ms": ms(percentile(ttfts, 50)),
+        "time_to_reject_p50_ms": percentile(rejects_ms, 50),
+        "time_to_reject_p99_ms": percentile(rejects_ms, 99),
+        "reject_reasons": {
+            reason: sum(r.reason == reason for r in rejected)
+            for reason in sorted({r.reason or "?" for r in rejected})
+        },
+        "per_class": per_class,
+    }
+
+
+def gateway_config(urls: list[str], name: str, dilation: float) -> dict[str, Any]:
+    spec = CONFIGS[name]
+    classes = {
+        k: {"ttft_ms": t * dilation, "tpot_ms": p * dilation}
+        for k, (t, p) in SCORPIO_CLASSES.items()
+    }
+    return {
+        "slo_classes": classes,
+        "default_class": "s6",
+        "backends": [
+            {"name": f"b{i}", "url": u, "max_in_flight": spec["max_in_flight"]}
+            for i, u in enumerate(urls)
+        ],
+        "scheduler": {
+            **spec["scheduler"],
+            "margin_ms": 50 * dilation,
+            "urgent_ms": 100 * dilation,
+            "tick_ms": 10 * dilation,
+        },
+        "latency_prior": LatencyPrior().scaled(dilation).model_dump(),
+    }
+
+
+def run_virtual_ablation(args: argparse.Namespace) -> dict[str, Any]:
+    samples = [s for s in load_sharegpt() if s.prompt_tokens < 6000]
+    per_backend = capacity_per_backend(samples, args.max_tokens)
+    capacity = per_backend * BACKENDS
+    gaps = azure_gaps()
+    lengths = artifact.load().model
+    print(f"capacity: {per_backend:.1f} req/s per server, {capacity:.1f} for the fleet", flush=True)
+    results: dict[str, dict[str, Any]] = {}
+    for load in args.loads:
+        arrivals = scaled_arrivals(gaps, args.requests, load * capacity, offset=1000)
+        items = plan(
+            samples,
+            arrivals,
+            list(SCORPIO_CLASSES),
+            seed=int(load * 100),
+            max_tokens=args.max_tokens,
+        )
+        for name in args.configs:
+            started = time.monotonic()
+            spec = CONFIGS[name]
+            outcome = run_virtual(
+                items,
+                profile=get_profile("llama8b-h100"),
+                backends=BACKENDS,
+                scheduler=SchedulerConfig.model_validate(spec["scheduler"]),
+                max_in_flight=spec["max_in_flight"],
+                prior=LatencyPrior(),
+                lengths=lengths,
+            )
+            summary = summarize(outcome, 1.0, arrivals[-1])
+            summary["wall_s"] = round(time.monotonic() - started, 1)
+            results.setdefault(f"{load:g}", {})[name] = summary
+            print(
+                f"load {load:g}x {name}: goodput {summary['goodput_rps']:.1f} req/s, "
+                f"attainment {summary['attainment_offered']:.3f} offered / "
+                f"{summary['attainment_admitted'] or 0:.3f} admitted, rejected "
+                f"{summary['rejection_rate']:.3f} ({summary['wall_s']} s)",
+                flush=True,
+            )
+    return {
+        "benchmark": "slo_guards",
+        "mode": "virtual time (gateway scheduling code + engine model)",
+        "backends": BACKENDS,
+        "profile": "llama8b-h100",
+        "dilation": 1.0,
+        "requests_per_run": args.requests,
+        "max_tokens": args.max_tokens,
+        "capacity_rps": capacity,
+        "results": results,
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    samples = [s for s in load_sharegpt() if s.prompt_tokens < 6000]
+    per_backend = capacity_per_backend(samples, args.max_tokens)
+    capacity = per_backend * BACKENDS
+    gaps = azure_gaps()
+    print(f"capacity: {per_backend:.1f} req/s per server, {capacity:.1f} for the fleet", flush=True)
+    results: dict[str, dict[str, Any]] = {}
+    sim_args = [
+        "--servers",
+        str(BACKENDS),
+        "--model",
+        MODEL,
+        "--slowdown",
+        str(args.dilation),
+        "--seed",
+        "7",
+    ]
+    for load in args.loads:
+        rate = load * capacity
+        arrivals = scaled_arrivals(gaps, args.requests, rate / args.dilation, offset=1000)
+        items = plan(
+            samples,
+            arrivals,
+            list(SCORPIO_CLASSES),
+            seed=int(load * 100),
+            max_tokens=args.max_tokens,
+        )
+        span = arrivals[-1] / args.dilation
+        for name in args.configs:
+            started = time.monotonic()
+            async with sim_fleet(sim_args) as urls:
+                with tempfile.TemporaryDirectory() as workdir:
+                    async with gateway(
+                        gateway_config(urls, name, args.dilation), Path(workdir)
+                    ) as url:
+                        outcome = await run_open_loop(url, MODEL, items)
+            summary = summarize(outcome, args.dilation, span)
+            summary["wall_s"] = round(time.monotonic() - started, 1)
+            results.setdefault(f"{load:g}", {})[name] = summary
+            print(
+                f"load {load:g}x {name}: goodput {summary['goodput_rps']:.1f} req/s, "
+                f"attainment {summary['attainment_offered']:.2f} offered / "
+                f"{summary['attainment_admitted'] or 0:.2f} admitted, rejected "
+                f"{summary['rejection_rate']:.2f} ({summary['wall_s']} s)",
+                flush=True,
+            )
+    return {
+        "benchmark": "slo_guards",
+        "mode": f"over HTTP, time dilated {args.dilation:g}x",
+        "backends": BACKENDS,
+        "profile": "llama8b-h100",
+        "dilation": args.dilation,
+        "requests_per_run": args.requests,
+        "max_tokens": args.max_tokens,
+        "capacity_rps": capacity,
+        "results": results,
+    }
+
+
+def _fmt(value: Any, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(data: dict[str, Any]) -> str:
+    lines = [
+        "# SLO guards: goodput and attainment, with ablation",
+        "",
+        f"Mode: {data['mode']}. "
+        f"{data['backends']} simulated Llama-3.1-8B/H100 servers; fleet capacity "
+        f"{data['capacity_rps']:.1f} req/s for this mix (engine model, saturated). "
+        f"{data['requests_per_run']} requests per run: Azure conversation-trace arrivals "
+        "rescaled to each load, ShareGPT prompts with their real reply lengths (capped at "
+        f"{data['max_tokens']} tokens), SCORPIO's six SLO classes drawn uniformly. Latencies in ms "
+        "of the modelled GPUs' time; time-to-reject is measured on the same clock.",
+        "",
+        "![guards](guards.png)",
+        "",
+        "| load | config | goodput req/s | ratio to (i) | attain. offered | attain. admitted "
+        "| p99 TTFT ms | p99 TPOT ms | rejected | reject p50 / p99 ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for load, runs in data["results"].items():
+        base = runs.get("i_least_loaded", {}).get("goodput_rps")
+        for name, row in runs.items():
+            ratio = row["goodput_rps"] / base if base else None
+            lines.append(
+                f"| {load}x | {LABELS[name]} | {row['goodput_rps']:.2f} | {_fmt(ratio, '.2f')} | "
+                f"{row['attainment_offered']:.3f} | {_fmt(row['attainment_admitted'], '.3f')} | "
+                f"{_fmt(row['ttft_p99_ms'], '.0f')} | {_fmt(row['tpot_p99_ms'], '.1f')} | "
+                f"{row['rejection_rate']:.2f} | {_fmt(row['time_to_reject_p50_ms'], '.1f')} / "
+                f"{_fmt(row['time_to_reject_p99_ms'], '.1f')} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(data: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loads = list(data["results"])
+    names = list(next(iter(data["results"].values())))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for name in names:
+        xs = [float(x) for x in loads]
+        rows = [data["results"][x][name] for x in loads]
+        axes[0].plot(xs, [r["goodput_rps"] for r in rows], "o-", label=LABELS[name])
+        axes[1].plot(xs, [r["attainment_offered"] for r in rows], "o-", label=LABELS[name])
+        axes[2].plot(xs, [r["attainment_admitted"] or 0 for r in rows], "o-", label=LABELS[name])
+    for ax, title in zip(
+        axes,
+        ("goodput (req/s)", "attainment over offered", "attainment over admitted"),
+        strict=True,
+    ):
+        ax.set_xlabel("load (x fleet capacity)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--loads", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--requests", type=int, default=8000)
+    parser.add_argument("--http", action="store_true", help="over real sockets, time dilated")
+    parser.add_argument("--dilation", type=float, default=20.0)
+    parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--out", type=Path, default=REPORTS)
+    args = parser.parse_args()
+    data = asyncio.run(run(args)) if args.http else run_virtual_ablation(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "guards.json").write_text(json.dumps(data, indent=2) + "\n")
+    plot(data, args.out / "guards.png")
+    report = markdown(data)
+    (args.out / "guards.md").write_text(report)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

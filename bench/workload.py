@@ -1,0 +1,133 @@
+"""Open-loop workloads: trace arrivals, ShareGPT prompts, SLO classes; and a streaming client."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import itertools
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.data import PromptSample, data_dir
+
+# SCORPIO's six SLO categories for an 8B model: (TTFT ms, TPOT ms).
+SCORPIO_CLASSES: dict[str, tuple[float, float]] = {
+    "s1": (500, 30),
+    "s2": (2000, 30),
+    "s3": (3000, 30),
+    "s4": (500, 50),
+    "s5": (1000, 50),
+    "s6": (7500, 50),
+}
+
+
+def azure_gaps(name: str = "azure2023_conv.csv") -> list[float]:
+    """Inter-arrival gaps (seconds) of an Azure LLM inference trace."""
+    path: Path = data_dir() / "traces" / name
+    with path.open() as handle:
+        stamps = [
+            datetime.fromisoformat(row["TIMESTAMP"][:26]).timestamp()
+            for row in csv.DictReader(handle)
+        ]
+    return [max(0.0, b - a) for a, b in itertools.pairwise(stamps)]
+
+
+def scaled_arrivals(gaps: list[float], count: int, rate: float, offset: int = 0) -> list[float]:
+    """``count`` arrival times following the trace's gaps, rescaled to a mean of ``rate``/s."""
+    window = [gaps[(offset + i) % len(gaps)] for i in range(count)]
+    mean = sum(window) / len(window)
+    scale = 1.0 / (rate * mean)
+    times, t = [], 0.0
+    for gap in window:
+        times.append(t)
+        t += gap * scale
+    return times
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    at: float
+    sample: PromptSample
+    slo_class: str
+    max_tokens: int
+
+
+@dataclass(slots=True)
+class Result:
+    slo_class: str
+    status: int
+    ttft_s: float | None = None
+    tpot_s: float | None = None
+    tokens: int = 0
+    elapsed_s: float = 0.0
+    reason: str | None = None
+
+
+def plan(
+    samples: list[PromptSample],
+    arrivals: list[float],
+    classes: list[str],
+    *,
+    seed: int,
+    max_tokens: int,
+) -> list[Planned]:
+    rng = random.Random(seed)
+    return [Planned(at, rng.choice(samples), rng.choice(classes), max_tokens) for at in arrivals]
+
+
+async def send(http: aiohttp.ClientSession, url: str, model: str, item: Planned) -> Result:
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": "user", "content": item.sample.prompt}],
+        "max_tokens": item.max_tokens,
+        "stream": True,
+    }
+    start = time.monotonic()
+    first: float | None = None
+    last = start
+    tokens = 0
+    async with http.post(
+        url + "/v1/chat/completions", json=body, headers={"x-slo-class": item.slo_class}
+    ) as response:
+        if response.status != 200:
+            await response.read()
+            return Result(
+                item.slo_class,
+                response.status,
+                elapsed_s=time.monotonic() - start,
+                reason=response.headers.get("x-sluice-reject-reason"),
+            )
+        async for line in response.content:
+            if (
+                line.startswith(b"data: {")
+                and b'"content":"' in line
+                and b'"content":""' not in line
+            ):
+                last = time.monotonic()
+                first = first or last
+                tokens += 1
+            elif line.startswith(b'data: {"error"'):
+                return Result(item.slo_class, 502, elapsed_s=time.monotonic() - start)
+    ttft = None if first is None else first - start
+    tpot = (last - first) / (tokens - 1) if first is not None and tokens > 1 else None
+    return Result(item.slo_class, 200, ttft, tpot, tokens, time.monotonic() - start)
+
+
+async def run_open_loop(url: str, model: str, items: list[Planned]) -> list[Result]:
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=None)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+        start = time.monotonic()
+        tasks = []
+        for item in items:
+            delay = start + item.at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(send(http, url, model, item)))
+        return list(await asyncio.gather(*tasks))
