@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import tempfile
@@ -49,6 +50,43 @@ async def one(
     return ttfb, time.perf_counter() - start
 
 
+async def one_rejected(http: aiohttp.ClientSession, url: str) -> tuple[float, float]:
+    """A request whose TTFT target no backend can meet: the time to its 429."""
+    body = {"model": MODEL, "prompt": "measure me", "max_tokens": 16}
+    start = time.perf_counter()
+    async with http.post(
+        url + "/v1/completions", json=body, headers={"x-slo-ttft-ms": "0.01"}
+    ) as response:
+        await response.read()
+        if response.status != 429:
+            raise RuntimeError(f"expected 429, got {response.status}")
+    elapsed = time.perf_counter() - start
+    return elapsed, elapsed
+
+
+async def background_load(http: aiohttp.ClientSession, url: str, concurrency: int) -> None:
+    """Keep ``concurrency`` streaming requests in flight until cancelled."""
+
+    async def worker() -> None:
+        while True:
+            await one(http, url, stream=True, tokens=64)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def measure_rejections(
+    http: aiohttp.ClientSession, url: str, count: int
+) -> dict[str, list[tuple[float, float]]]:
+    idle = [await one_rejected(http, url) for _ in range(count)]
+    load = asyncio.create_task(background_load(http, url, 32))
+    await asyncio.sleep(0.5)
+    loaded = [await one_rejected(http, url) for _ in range(count)]
+    load.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await load
+    return {"reject_idle": idle, "reject_under_load": loaded}
+
+
 def summarize(samples: list[tuple[float, float]]) -> dict[str, float]:
     firsts = [s[0] for s in samples]
     totals = [s[1] for s in samples]
@@ -84,6 +122,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                                     bucket.append(
                                         await one(http, url, stream=stream, tokens=args.tokens)
                                     )
+                    rejections = await measure_rejections(
+                        http, gw_url, args.rounds * args.per_round // 2
+                    )
     summary: dict[str, Any] = {k: summarize(v) for k, v in results.items()}
     added: dict[str, Any] = {}
     for mode in ("plain", "stream"):
@@ -95,8 +136,10 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             "total_p50_ratio": through["total_p50_ms"] / direct["total_p50_ms"],
             "total_p99_ratio": through["total_p99_ms"] / direct["total_p99_ms"],
         }
+    reject = {k: summarize(v) for k, v in rejections.items()}
     return {
         "benchmark": "gateway_overhead",
+        "time_to_reject": reject,
         "requests_per_mode": args.rounds * args.per_round,
         "output_tokens": args.tokens,
         "concurrency": 1,
@@ -133,6 +176,17 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {mode} | {row['total_p50_added_ms']:.2f} | {row['total_p99_added_ms']:.2f} "
             f"| {row['total_p50_ratio']:.2f}x | {row['total_p99_ratio']:.2f}x |"
         )
+    lines += [
+        "",
+        "Time to reject: a request whose TTFT target cannot be met (x-slo-ttft-ms: 0.01) is "
+        "answered 429 at arrival; measured by the client, sequentially, with the gateway idle "
+        "and with 32 streaming requests in flight through it.",
+        "",
+        "| case | p50 ms | p99 ms |",
+        "|---|---:|---:|",
+    ]
+    for case, row in result["time_to_reject"].items():
+        lines.append(f"| {case} | {row['total_p50_ms']:.2f} | {row['total_p99_ms']:.2f} |")
     lines += ["", "Machine: shared 2-core VM; compare ratios rather than absolute times.", ""]
     return "\n".join(lines)
 

@@ -36,6 +36,7 @@ from gateway.fleet import Fleet
 from gateway.metrics import GatewayMetrics
 from gateway.records import RecordLog, RequestRecord
 from gateway.scheduling.scheduler import Demand, Lease, Scheduler
+from predictor.online import SampleLog
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class Proxy:
         scheduler: Scheduler,
         metrics: GatewayMetrics,
         records: RecordLog,
+        samples: SampleLog,
         *,
         timeouts: Timeouts,
         queue_timeout_s: float,
@@ -70,6 +72,7 @@ class Proxy:
         self._scheduler = scheduler
         self._metrics = metrics
         self._records = records
+        self._samples = samples
         self._timeouts = timeouts
         self._queue_timeout_s = queue_timeout_s
         self._clock = clock
@@ -279,6 +282,15 @@ class Proxy:
             record.finish = self._clock()
         self._metrics.observe(record)
         self._records.add(record)
+        prompt = record.prompt
+        # A reply cut off at max_tokens says nothing of its natural length: not a sample.
+        if (
+            record.outcome == "ok"
+            and prompt is not None
+            and record.tokens > 0
+            and (prompt.max_tokens is None or record.tokens < prompt.max_tokens)
+        ):
+            self._samples.add(record.id, prompt, record.tokens)
 
 
 def _take_usage(record: RequestRecord, usage: dict[str, Any] | Any) -> None:

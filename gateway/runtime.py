@@ -22,6 +22,7 @@ from gateway.scheduling.scheduler import Scheduler
 from gateway.settings import Settings
 from predictor import artifact
 from predictor.model import LengthModel
+from predictor.online import SampleLog
 
 
 @dataclass(slots=True)
@@ -33,6 +34,8 @@ class Services:
     records: RecordLog
     proxy: Proxy
     lengths: LengthModel
+    samples: SampleLog
+    lengths_version: str = "packaged"
 
 
 def make_policy(config: SchedulerConfig) -> Policy:
@@ -57,6 +60,7 @@ class Runtime:
         self.settings = settings
         self.config = config
         self._services: Services | None = None
+        self.retraining = asyncio.Lock()
 
     @property
     def services(self) -> Services:
@@ -85,15 +89,27 @@ class Runtime:
         fleet.on_change = scheduler.schedule
         metrics = GatewayMetrics(fleet, scheduler.queue_depths)
         records = RecordLog(s.records_kept)
+        samples = SampleLog(s.samples_kept)
         proxy = Proxy(
             fleet,
             scheduler,
             metrics,
             records,
+            samples,
             timeouts=self.timeouts(),
             queue_timeout_s=s.queue_timeout_s,
         )
-        self._services = Services(session, fleet, scheduler, metrics, records, proxy, loaded.model)
+        self._services = Services(
+            session,
+            fleet,
+            scheduler,
+            metrics,
+            records,
+            proxy,
+            loaded.model,
+            samples,
+            loaded.version,
+        )
         await fleet.probe_all()
         tick_s = self.config.scheduler.tick_ms / 1000
         tasks = [

@@ -39,6 +39,12 @@ class Settings(BaseSettings):
         default=None, description="Length-model manifest; the packaged model when unset."
     )
     log_level: str = "INFO"
+    samples_kept: int = Field(
+        default=20_000, ge=0, description="Completed requests kept for predictor retraining."
+    )
+    predictor_base_data: Path | None = Field(
+        default=None, description="ShareGPT-format data blended into a retrain."
+    )
     admin_token: str | None = Field(
         default=None,
         description="Bearer token for /admin. Without one, /admin answers only on loopback.",

@@ -113,7 +113,13 @@ def fit(samples: list[Sample], *, seed: int = 0) -> tuple[LengthModel, Baselines
     predicted = boosted.predict(design[calibration_rows])
     edges = np.quantile(predicted, np.linspace(0, 1, QUANTILE_BINS + 1)[1:-1])
     bins = np.searchsorted(edges, predicted)
-    table = np.vstack([np.quantile(residual[bins == b], QUANTILES) for b in range(QUANTILE_BINS)])
+    overall = np.quantile(residual, QUANTILES)
+    table = np.vstack(
+        [
+            np.quantile(residual[bins == b], QUANTILES) if np.any(bins == b) else overall
+            for b in range(QUANTILE_BINS)
+        ]
+    )
     model = LengthModel(ridge, export(boosted), QuantileTable(edges, table))
 
     # Prompt-length baseline: log output against log prompt tokens (dense column 0).

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -12,6 +14,8 @@ from aiohttp.typedefs import Handler
 
 from gateway.api.openai import RUNTIME
 from gateway.errors import SluiceError, Unauthorized
+from predictor.data import load_samples
+from predictor.online import retrain, to_jsonl
 
 
 class Forbidden(SluiceError):
@@ -87,5 +91,45 @@ async def stats(request: web.Request) -> web.Response:
     )
 
 
+class Conflict(SluiceError):
+    status = 409
+    error_type = "conflict"
+    code = "retrain_running"
+
+
+async def predictor_info(request: web.Request) -> web.Response:
+    services = request.app[RUNTIME].services
+    return web.json_response(
+        {"version": services.lengths_version, "samples": len(services.samples)}
+    )
+
+
+async def predictor_samples(request: web.Request) -> web.Response:
+    """The recorded samples, in the data set's JSONL format."""
+    samples = request.app[RUNTIME].services.samples.recent()
+    return web.Response(text=to_jsonl(samples), content_type="application/x-ndjson")
+
+
+async def predictor_retrain(request: web.Request) -> web.Response:
+    """Train on recent traffic blended with the base data; swap only if it scores better."""
+    runtime = request.app[RUNTIME]
+    services = runtime.services
+    if runtime.retraining.locked():
+        raise Conflict("a retrain is already running")
+    async with runtime.retraining:
+        base_path = runtime.settings.predictor_base_data
+        base = await asyncio.to_thread(load_samples, base_path) if base_path else []
+        outcome = await asyncio.to_thread(
+            retrain, services.lengths, base, services.samples.recent()
+        )
+        if outcome.model is not None:
+            services.lengths = outcome.model
+            services.lengths_version = f"retrained-{int(time.time())}"
+    return web.json_response({**outcome.report(), "version": services.lengths_version})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/admin/stats", stats)
+    app.router.add_get("/admin/predictor", predictor_info)
+    app.router.add_get("/admin/predictor/samples", predictor_samples)
+    app.router.add_post("/admin/predictor/retrain", predictor_retrain)

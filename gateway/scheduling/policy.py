@@ -89,7 +89,10 @@ class SloPolicy:
         placements: list[Placement] = []
         credits: dict[int, float] = {}
         blocked: set[str] = set()
+        models = {w.model for w in ordered}
         for w in ordered:
+            if len(blocked) == len(models):
+                break  # every model's queue is held: nothing further can move this pass
             trp = tightness(w.tpot_s, tightest.get(w.model, math.inf))
             if w.model in blocked:
                 continue

@@ -49,22 +49,26 @@ class _Ticket:
     excluded: frozenset[str]
     future: asyncio.Future[Placement] = field(repr=False)
     credit: float = 0.0
+    _view: WaitingView | None = field(default=None, repr=False)
 
     def view(self) -> WaitingView:
-        d = self.demand
-        return WaitingView(
-            self.id,
-            d.model,
-            d.arrival,
-            d.deadline,
-            self.excluded,
-            d.tpot_s,
-            d.prompt_tokens,
-            d.predicted_tokens,
-            d.reserve_tokens,
-            self.credit,
-            d.rejectable,
-        )
+        """Its snapshot view, built once and again only when its credit changes."""
+        if self._view is None or self._view.credit != self.credit:
+            d = self.demand
+            self._view = WaitingView(
+                self.id,
+                d.model,
+                d.arrival,
+                d.deadline,
+                self.excluded,
+                d.tpot_s,
+                d.prompt_tokens,
+                d.predicted_tokens,
+                d.reserve_tokens,
+                self.credit,
+                d.rejectable,
+            )
+        return self._view
 
 
 @dataclass(frozen=True, slots=True)

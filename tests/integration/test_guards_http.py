@@ -154,3 +154,29 @@ async def test_admin_stats_needs_the_token_when_one_is_set(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_completed_requests_become_samples_and_retrain_is_guarded(
+    make_sim: SimFactory, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gateway = await make_gateway([await make_sim(FAST)])
+    for i in range(5):
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": f"hello {i}"}],
+            "max_tokens": 5000,
+        }
+        async with http.post(gateway.url + "/v1/chat/completions", json=body) as response:
+            assert response.status == 200
+    async with http.get(gateway.url + "/admin/predictor") as response:
+        info = await response.json()
+    assert info["version"] == "1"
+    assert info["samples"] == 5
+    async with http.get(gateway.url + "/admin/predictor/samples") as response:
+        lines = (await response.text()).splitlines()
+    assert len(lines) == info["samples"]
+    async with http.post(gateway.url + "/admin/predictor/retrain") as response:
+        outcome = await response.json()
+    assert response.status == 200
+    assert outcome["accepted"] is False
+    assert "recent samples" in outcome["reason"]
