@@ -10,6 +10,7 @@ from pathlib import Path
 from predictor import artifact
 from predictor.data import load_samples, split
 from predictor.evaluate import evaluate
+from predictor.online import retrain
 from predictor.train import fit
 
 REPORTS = Path(__file__).resolve().parent / "reports"
@@ -22,6 +23,19 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     train.add_argument("--data", type=Path, required=True, help="ShareGPT-lengths JSONL(.gz)")
     train.add_argument("--out", type=Path, default=artifact.PACKAGED, help="manifest path")
     train.add_argument("--version", default="1")
+    again = sub.add_parser(
+        "retrain", help="train on recent traffic plus base data; keep it only if it is better"
+    )
+    again.add_argument(
+        "--samples",
+        type=Path,
+        required=True,
+        help="recent traffic, oldest first (GET /admin/predictor/samples)",
+    )
+    again.add_argument("--data", type=Path, help="base data blended in")
+    again.add_argument("--model", type=Path, default=artifact.PACKAGED)
+    again.add_argument("--out", type=Path, required=True, help="manifest for the new model")
+    again.add_argument("--version", default="retrained")
     evaluate_cmd = sub.add_parser("evaluate", help="score a model on held-out conversations")
     evaluate_cmd.add_argument("--data", type=Path, required=True)
     evaluate_cmd.add_argument("--model", type=Path, default=artifact.PACKAGED)
@@ -33,6 +47,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.predictor_command == "retrain":
+        return _retrain(args)
     try:
         samples = load_samples(args.data)
     except (OSError, ValueError) as exc:
@@ -67,6 +83,31 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         print(markdown(result))
+    return 0
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    try:
+        recent = load_samples(args.samples)
+        base = load_samples(args.data) if args.data else []
+        current = artifact.load(args.model)
+    except (OSError, ValueError, artifact.ArtifactError) as exc:
+        print(f"sluice predictor: {exc}", file=sys.stderr)
+        return 2
+    outcome = retrain(current.model, base, recent)
+    print(json.dumps(outcome.report()))
+    if outcome.model is None:
+        return 1
+    artifact.save(
+        outcome.model,
+        args.out,
+        version=args.version,
+        training={
+            "samples": outcome.trained_on,
+            "retrain": outcome.report(),
+            "baselines": current.manifest["training"]["baselines"],
+        },
+    )
     return 0
 
 

@@ -105,3 +105,43 @@ def test_gateway_refuses_a_broken_model(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "refusing the length model" in done.stderr
+
+
+def test_retrain_command(tmp_path: Path) -> None:
+    base = tmp_path / "base.jsonl"
+    _write_data(base, 600)
+    model = tmp_path / "model.json"
+    subprocess.run(
+        [*SLUICE, "predictor", "train", "--data", str(base), "--out", str(model)],
+        check=True,
+        capture_output=True,
+    )
+    # Recent traffic where the cue means the opposite: the old model ranks it backwards.
+    recent = tmp_path / "recent.jsonl"
+    rows = [json.loads(line) for line in base.read_text().splitlines()][:300]
+    with recent.open("w") as out:
+        for row in rows:
+            row["output_tokens"] = 10 if row["output_tokens"] > 100 else 700
+            out.write(json.dumps(row) + "\n")
+    new = tmp_path / "new.json"
+    done = subprocess.run(
+        [
+            *SLUICE,
+            "predictor",
+            "retrain",
+            "--samples",
+            str(recent),
+            "--data",
+            str(base),
+            "--model",
+            str(model),
+            "--out",
+            str(new),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    outcome = json.loads(done.stdout)
+    assert done.returncode == 0, outcome
+    assert outcome["accepted"]
+    assert new.exists()
