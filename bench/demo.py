@@ -21,16 +21,9 @@ from openai import AsyncOpenAI, RateLimitError
 from bench.data import PromptSample, data_dir, load_sharegpt, synthetic_prompts
 from bench.procs import gateway, sim_fleet
 from bench.stats import fmt_ms, percentile
+from bench.workload import SCORPIO_CLASSES
 
-# SCORPIO's six SLO categories for an 8B model (TTFT ms, TPOT ms).
-CLASSES = {
-    "s1": (500, 30),
-    "s2": (2000, 30),
-    "s3": (3000, 30),
-    "s4": (500, 50),
-    "s5": (1000, 50),
-    "s6": (7500, 50),
-}
+CLASSES = SCORPIO_CLASSES
 MODEL = "llama-3.1-8b"
 
 

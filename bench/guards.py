@@ -28,6 +28,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,15 @@ from bench.sim.profiles import get_profile
 from bench.sim.virtual import Arrival, simulate
 from bench.stats import percentile
 from bench.virtual_gateway import run_virtual
-from bench.workload import SCORPIO_CLASSES, Result, azure_gaps, plan, run_open_loop, scaled_arrivals
+from bench.workload import (
+    SCORPIO_CLASSES,
+    Planned,
+    Result,
+    azure_gaps,
+    plan,
+    run_open_loop,
+    scaled_arrivals,
+)
 from gateway.config import LatencyPrior, SchedulerConfig
 from predictor import artifact
 
@@ -155,16 +164,14 @@ def gateway_config(urls: list[str], name: str, dilation: float) -> dict[str, Any
     }
 
 
-def run_virtual_ablation(args: argparse.Namespace) -> dict[str, Any]:
-    samples = [s for s in load_sharegpt() if s.prompt_tokens < 6000]
-    per_backend = capacity_per_backend(samples, args.max_tokens)
-    capacity = per_backend * BACKENDS
+def workloads(
+    args: argparse.Namespace, capacity: float, samples: list[Any], *, dilation: float
+) -> Iterator[tuple[float, list[Planned], float]]:
+    """Per load: its multiple, the planned requests (times on the run's clock), and the
+    span of arrivals in the modelled GPUs' seconds."""
     gaps = azure_gaps()
-    lengths = artifact.load().model
-    print(f"capacity: {per_backend:.1f} req/s per server, {capacity:.1f} for the fleet", flush=True)
-    results: dict[str, dict[str, Any]] = {}
     for load in args.loads:
-        arrivals = scaled_arrivals(gaps, args.requests, load * capacity, offset=1000)
+        arrivals = scaled_arrivals(gaps, args.requests, load * capacity / dilation, offset=1000)
         items = plan(
             samples,
             arrivals,
@@ -172,6 +179,27 @@ def run_virtual_ablation(args: argparse.Namespace) -> dict[str, Any]:
             seed=int(load * 100),
             max_tokens=args.max_tokens,
         )
+        yield load, items, arrivals[-1] / dilation
+
+
+def progress(load: float, name: str, summary: dict[str, Any]) -> None:
+    print(
+        f"load {load:g}x {name}: goodput {summary['goodput_rps']:.1f} req/s, "
+        f"attainment {summary['attainment_offered']:.3f} offered / "
+        f"{summary['attainment_admitted'] or 0:.3f} admitted, rejected "
+        f"{summary['rejection_rate']:.3f} ({summary['wall_s']} s)",
+        flush=True,
+    )
+
+
+def run_virtual_ablation(args: argparse.Namespace) -> dict[str, Any]:
+    samples = [s for s in load_sharegpt() if s.prompt_tokens < 6000]
+    per_backend = capacity_per_backend(samples, args.max_tokens)
+    capacity = per_backend * BACKENDS
+    lengths = artifact.load().model
+    print(f"capacity: {per_backend:.1f} req/s per server, {capacity:.1f} for the fleet", flush=True)
+    results: dict[str, dict[str, Any]] = {}
+    for load, items, span in workloads(args, capacity, samples, dilation=1.0):
         for name in args.configs:
             started = time.monotonic()
             spec = CONFIGS[name]
@@ -184,16 +212,10 @@ def run_virtual_ablation(args: argparse.Namespace) -> dict[str, Any]:
                 prior=LatencyPrior(),
                 lengths=lengths,
             )
-            summary = summarize(outcome, 1.0, arrivals[-1])
+            summary = summarize(outcome, 1.0, span)
             summary["wall_s"] = round(time.monotonic() - started, 1)
             results.setdefault(f"{load:g}", {})[name] = summary
-            print(
-                f"load {load:g}x {name}: goodput {summary['goodput_rps']:.1f} req/s, "
-                f"attainment {summary['attainment_offered']:.3f} offered / "
-                f"{summary['attainment_admitted'] or 0:.3f} admitted, rejected "
-                f"{summary['rejection_rate']:.3f} ({summary['wall_s']} s)",
-                flush=True,
-            )
+            progress(load, name, summary)
     return {
         "benchmark": "slo_guards",
         "mode": "virtual time (gateway scheduling code + engine model)",
@@ -211,7 +233,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     samples = [s for s in load_sharegpt() if s.prompt_tokens < 6000]
     per_backend = capacity_per_backend(samples, args.max_tokens)
     capacity = per_backend * BACKENDS
-    gaps = azure_gaps()
     print(f"capacity: {per_backend:.1f} req/s per server, {capacity:.1f} for the fleet", flush=True)
     results: dict[str, dict[str, Any]] = {}
     sim_args = [
@@ -224,35 +245,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "--seed",
         "7",
     ]
-    for load in args.loads:
-        rate = load * capacity
-        arrivals = scaled_arrivals(gaps, args.requests, rate / args.dilation, offset=1000)
-        items = plan(
-            samples,
-            arrivals,
-            list(SCORPIO_CLASSES),
-            seed=int(load * 100),
-            max_tokens=args.max_tokens,
-        )
-        span = arrivals[-1] / args.dilation
+    for load, items, span in workloads(args, capacity, samples, dilation=args.dilation):
         for name in args.configs:
             started = time.monotonic()
             async with sim_fleet(sim_args) as urls:
                 with tempfile.TemporaryDirectory() as workdir:
-                    async with gateway(
-                        gateway_config(urls, name, args.dilation), Path(workdir)
-                    ) as url:
+                    config = gateway_config(urls, name, args.dilation)
+                    async with gateway(config, Path(workdir)) as url:
                         outcome = await run_open_loop(url, MODEL, items)
             summary = summarize(outcome, args.dilation, span)
             summary["wall_s"] = round(time.monotonic() - started, 1)
             results.setdefault(f"{load:g}", {})[name] = summary
-            print(
-                f"load {load:g}x {name}: goodput {summary['goodput_rps']:.1f} req/s, "
-                f"attainment {summary['attainment_offered']:.2f} offered / "
-                f"{summary['attainment_admitted'] or 0:.2f} admitted, rejected "
-                f"{summary['rejection_rate']:.2f} ({summary['wall_s']} s)",
-                flush=True,
-            )
+            progress(load, name, summary)
     return {
         "benchmark": "slo_guards",
         "mode": f"over HTTP, time dilated {args.dilation:g}x",
