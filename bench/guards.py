@@ -303,7 +303,58 @@ def markdown(data: dict[str, Any]) -> str:
                 f"{row['rejection_rate']:.2f} | {_fmt(row['time_to_reject_p50_ms'], '.1f')} / "
                 f"{_fmt(row['time_to_reject_p99_ms'], '.1f')} |"
             )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + targets(data)
+
+
+def targets(data: dict[str, Any]) -> str:
+    """The issue's targets against this run's numbers."""
+    rows = []
+    for load in ("1.5", "2"):
+        runs = data["results"].get(load)
+        if not runs or "iv_full" not in runs or "i_least_loaded" not in runs:
+            continue
+        full, base = runs["iv_full"], runs["i_least_loaded"]
+        ratio = full["goodput_rps"] / base["goodput_rps"]
+        rows.append(
+            f"| {load}x: goodput of (iv) >= 2x (i) | {ratio:.2f}x | "
+            f"{'met' if ratio >= 2 else 'missed'} |"
+        )
+        admitted = full["attainment_admitted"] or 0.0
+        rows.append(
+            f"| {load}x: >= 95% of admitted requests meet both targets | "
+            f"{100 * admitted:.1f}% | {'met' if admitted >= 0.95 else 'missed'} |"
+        )
+    return "\n".join(
+        [
+            "## Targets against results",
+            "",
+            "| target | result | |",
+            "|---|---|---|",
+            *rows,
+            "| a rejection is answered within 5 ms p99 | see below | missed under overload |",
+            "",
+            "Time to reject. Computing a refusal is cheap: over HTTP a request refused at arrival "
+            "gets its 429 in 0.7 ms p50 / 1.3 ms p99 with the gateway idle, and 3.2 / 10.3 ms with "
+            "32 streams in flight through it on this 2-core machine (bench/reports/overhead.md). "
+            "But under overload the guard refuses few requests at arrival: its estimate of the "
+            "wait for a decode slot counts in-flight requests as finishing at their predicted "
+            "length, so a queued request looks servable until its budget has nearly run out, and "
+            "most refusals come then (p50 ~0.9 s, p99 ~ the class's budget). Making the estimate "
+            "pessimistic moves refusals to arrival and costs goodput, because the length "
+            "prediction (Kendall tau 0.46) is too rough to foresee which requests will make it. "
+            "At 2x load, 4,000 requests: counting a reply that outlived its prediction as going on "
+            "for half again what it produced gave 8% of refusals at arrival and 6% less goodput; "
+            "also counting it as going on to its p90 gave 85% at arrival and 14% less goodput. The "
+            "default keeps goodput; a refusal then still comes before the deadline it protects.",
+            "",
+            "Why (ii) is worse than (i): a static bound of 128 in flight per server holds back "
+            "concurrency the engine could use (it runs up to 256 sequences), so LDF alone only "
+            "queues. Credits change little here ((iv) against (v)): the six classes' TPOT targets "
+            "(30 and 50 ms) are well above this engine's ITL at the batches VBS allows, so "
+            "admission is bound by TTFT and KV rather than by decode speed.",
+            "",
+        ]
+    )
 
 
 def plot(data: dict[str, Any], path: Path) -> None:
@@ -343,8 +394,14 @@ def main() -> int:
     parser.add_argument("--dilation", type=float, default=20.0)
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--out", type=Path, default=REPORTS)
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite the report from the saved guards.json"
+    )
     args = parser.parse_args()
-    data = asyncio.run(run(args)) if args.http else run_virtual_ablation(args)
+    if args.report_only:
+        data = json.loads((args.out / "guards.json").read_text())
+    else:
+        data = asyncio.run(run(args)) if args.http else run_virtual_ablation(args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "guards.json").write_text(json.dumps(data, indent=2) + "\n")
     plot(data, args.out / "guards.png")
