@@ -1,0 +1,1 @@
+"""Shared state: the Store protocol, its in-process and Redis implementations, and keys."""
