@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +73,7 @@ class Backend:
     decoding_context: int = 0  # their contexts, summed
     dispatched: int = 0
     load: EngineLoad | None = None
+    draining: bool = False  # removed from the config: no new requests, in-flight ones finish
     consecutive_failures: int = 0
     last_error: str | None = None
     last_probe: float | None = field(default=None)
@@ -89,6 +90,11 @@ class Backend:
     @property
     def in_flight(self) -> int:
         return len(self.inflight)
+
+    @property
+    def routable(self) -> bool:
+        """Takes new requests: healthy and not draining."""
+        return self.healthy and not self.draining
 
     @property
     def kv_capacity(self) -> int | None:
@@ -174,7 +180,42 @@ class Fleet:
         return frozenset(models)
 
     def healthy_for(self, model: str) -> list[Backend]:
-        return [b for b in self._backends.values() if b.healthy and b.serves(model)]
+        return [b for b in self._backends.values() if b.routable and b.serves(model)]
+
+    def reconcile(
+        self, configs: Iterable[BackendConfig], build: Callable[[BackendConfig], Backend]
+    ) -> list[Backend]:
+        """Make the fleet match a new config; return the backends that joined (to probe).
+
+        A backend whose address or engine changed is replaced by a new one; one that left the
+        config stops taking requests. Requests in flight finish on the object they were
+        dispatched to (their lease holds it), whatever becomes of the name."""
+        wanted = {c.name: c for c in configs}
+        added: list[Backend] = []
+        for name, config in wanted.items():
+            current = self._backends.get(name)
+            if current is not None and (current.config.base_url, current.config.engine) == (
+                config.base_url,
+                config.engine,
+            ):
+                current.config = config
+                current.draining = False
+                continue
+            backend = build(config)
+            self._backends[name] = backend
+            added.append(backend)
+        for name, backend in self._backends.items():
+            if name not in wanted:
+                backend.draining = True
+        self.prune()
+        self.on_change()
+        return added
+
+    def prune(self) -> None:
+        """Forget drained backends that have nothing left in flight."""
+        for name, backend in list(self._backends.items()):
+            if backend.draining and not backend.inflight:
+                del self._backends[name]
 
     def mark_unreachable(self, name: str, reason: str) -> None:
         """A request found the backend down: stop routing there until a probe says otherwise."""
@@ -187,6 +228,9 @@ class Fleet:
 
     async def probe_all(self) -> None:
         await asyncio.gather(*(self._probe(b) for b in self._backends.values()))
+
+    async def probe(self, backend: Backend) -> None:
+        await self._probe(backend)
 
     async def _probe(self, backend: Backend) -> None:
         result = await backend.adapter.probe(self._probe_timeout_s)

@@ -140,7 +140,7 @@ class Proxy:
                 attempt,
             )
             self._metrics.admitted.labels(record.model, record.slo.class_name).inc()
-            backend = self._fleet[lease.backend]
+            backend = lease.owner
             body = call.body
             if backend.config.priority_scheduling and lease.priority is not None:
                 body = {**body, "priority": lease.priority}
@@ -262,7 +262,7 @@ class Proxy:
             if record.first_token is None:
                 record.first_token = now
             record.token_times.extend([now] * event.tokens)
-            self._fleet[lease.backend].advance(lease.inflight, event.tokens, now)
+            lease.owner.advance(lease.inflight, event.tokens, now)
         if event.usage is not None:
             _take_usage(record, event.usage)
         if event.error is not None:

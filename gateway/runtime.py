@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ import aiohttp
 from aiohttp import web
 
 from adapters.base import Timeouts
-from gateway.config import GatewayConfig, SchedulerConfig
+from gateway.config import BackendConfig, GatewayConfig, SchedulerConfig
 from gateway.fleet import Backend, Fleet, background, make_adapter
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import Proxy
@@ -20,6 +21,9 @@ from gateway.records import RecordLog
 from gateway.scheduling.policy import Policy, SloPolicy, least_loaded
 from gateway.scheduling.scheduler import Scheduler
 from gateway.settings import Settings
+from gateway.state.memory import MemoryStore
+from gateway.state.redis_store import RedisStore
+from gateway.state.store import StaleVersion, Store, StoreUnavailable
 from predictor import artifact
 from predictor.model import LengthModel
 from predictor.online import SampleLog
@@ -36,6 +40,11 @@ class Services:
     lengths: LengthModel
     samples: SampleLog
     lengths_version: str = "packaged"
+    store: Store | None = None
+    config_version: int = 0
+
+
+log = logging.getLogger(__name__)
 
 
 def make_policy(config: SchedulerConfig) -> Policy:
@@ -76,12 +85,13 @@ class Runtime:
         """aiohttp cleanup context: start the services, yield while serving, then stop them."""
         s = self.settings
         loaded = await asyncio.to_thread(artifact.load, s.predictor_artifact or artifact.PACKAGED)
+        store: Store = (
+            RedisStore(s.redis_url, prefix=s.redis_prefix) if s.redis_url else MemoryStore()
+        )
+        self.config, version = await self._shared_config(store)
         connector = aiohttp.TCPConnector(limit=s.upstream_pool_size, limit_per_host=0)
         session = aiohttp.ClientSession(connector=connector)
-        backends = [
-            Backend.create(cfg, make_adapter(session, cfg), self.config.latency_prior)
-            for cfg in self.config.backends
-        ]
+        backends = [self._build_backend(session, cfg) for cfg in self.config.backends]
         fleet = Fleet(
             backends, unhealthy_after=s.unhealthy_after, probe_timeout_s=s.probe_timeout_s
         )
@@ -109,12 +119,15 @@ class Runtime:
             loaded.model,
             samples,
             loaded.version,
+            store,
+            version,
         )
         await fleet.probe_all()
         tick_s = self.config.scheduler.tick_ms / 1000
         tasks = [
             asyncio.create_task(background("probes", lambda: fleet.run_probes(s.probe_interval_s))),
             asyncio.create_task(background("ticks", lambda: scheduler.run_ticks(tick_s))),
+            asyncio.create_task(background("config", self._watch_config)),
         ]
         try:
             yield
@@ -125,4 +138,60 @@ class Runtime:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await session.close()
+            await store.close()
             self._services = None
+
+    def _build_backend(self, session: aiohttp.ClientSession, config: BackendConfig) -> Backend:
+        return Backend.create(config, make_adapter(session, config), self.config.latency_prior)
+
+    async def _shared_config(self, store: Store) -> tuple[GatewayConfig, int]:
+        """The config in the store; the file's seeds an empty store. With the store away,
+        the file's config serves until it is back."""
+        try:
+            current = await store.get_config()
+            if current is None:
+                try:
+                    return self.config, await store.put_config(
+                        self.config.model_dump_json(), expected_version=0
+                    )
+                except StaleVersion:  # another replica seeded it first
+                    current = await store.get_config()
+            if current is not None:
+                return GatewayConfig.model_validate_json(current.payload), current.version
+        except StoreUnavailable as exc:
+            log.warning("shared state unreachable, serving the file's config: %s", exc)
+        return self.config, 0
+
+    def apply(self, config: GatewayConfig, version: int) -> None:
+        """Swap in a config snapshot: requests in flight keep the one they started with."""
+        services = self.services
+        if version <= services.config_version:
+            return
+        self.config = config
+        services.config_version = version
+        services.scheduler.policy = make_policy(config.scheduler)
+        added = services.fleet.reconcile(
+            config.backends, lambda cfg: self._build_backend(services.session, cfg)
+        )
+        for backend in added:
+            asyncio.get_running_loop().create_task(services.fleet.probe(backend))
+        log.info("config version %d applied", version)
+
+    async def _watch_config(self) -> None:
+        """Pick up changes: announced on pub/sub, and polled, as announcements can be lost."""
+        while True:
+            services = self.services
+            store = services.store
+            assert store is not None
+            await store.wait_for_change(self.settings.config_poll_s)
+            try:
+                current = await store.get_config()
+            except StoreUnavailable:
+                continue
+            if current is not None and current.version > services.config_version:
+                try:
+                    config = GatewayConfig.model_validate_json(current.payload)
+                except ValueError:
+                    log.exception("config version %d in the store is invalid", current.version)
+                    continue
+                self.apply(config, current.version)

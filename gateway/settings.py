@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     predictor_base_data: Path | None = Field(
         default=None, description="ShareGPT-format data blended into a retrain."
     )
+    redis_url: str | None = Field(
+        default=None, description="Shared state for several replicas; embedded store if unset."
+    )
+    redis_prefix: str = "sluice"
+    config_poll_s: float = Field(default=0.5, gt=0, description="Longest a config change waits.")
     admin_token: str | None = Field(
         default=None,
         description="Bearer token for /admin. Without one, /admin answers only on loopback.",

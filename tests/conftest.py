@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -17,6 +17,7 @@ from bench.sim.server import SimServer
 from gateway.app import RunningServer, build_app, start_server
 from gateway.config import GatewayConfig
 from gateway.settings import Settings
+from tests.redis_server import redis_server
 
 MODEL = "sim-model"
 # The 8B-on-H100 engine at a fifth of its step time: streams are real, tests stay quick.
@@ -95,3 +96,10 @@ async def eventually(
         if time.monotonic() > deadline:
             pytest.fail(f"{what} did not hold within {within_s}s")
         await asyncio.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server of the test module's own; tests keep apart by key prefix."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url

@@ -11,9 +11,12 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from pydantic import ValidationError
 
-from gateway.api.openai import RUNTIME
-from gateway.errors import SluiceError, Unauthorized
+from gateway.api.openai import RUNTIME, read_json_object
+from gateway.config import GatewayConfig
+from gateway.errors import InvalidRequest, NoBackendAvailable, SluiceError, Unauthorized
+from gateway.state.store import StaleVersion, StoreUnavailable
 from predictor.data import load_samples
 from predictor.online import retrain, to_jsonl
 
@@ -128,7 +131,68 @@ async def predictor_retrain(request: web.Request) -> web.Response:
     return web.json_response({**outcome.report(), "version": services.lengths_version})
 
 
+class StaleConfig(SluiceError):
+    status = 409
+    error_type = "conflict"
+    code = "stale_version"
+
+
+class PreconditionRequired(SluiceError):
+    status = 428
+    error_type = "invalid_request_error"
+    code = "if_match_required"
+
+
+def _etag(version: int) -> str:
+    return f'"{version}"'
+
+
+async def get_config(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    return web.Response(
+        text=runtime.config.model_dump_json(indent=2),
+        content_type="application/json",
+        headers={"ETag": _etag(runtime.services.config_version)},
+    )
+
+
+async def put_config(request: web.Request) -> web.Response:
+    """Replace the config: If-Match must name the current version (its ETag)."""
+    runtime = request.app[RUNTIME]
+    match = request.headers.get("If-Match")
+    if match is None:
+        raise PreconditionRequired(
+            "If-Match is required: send the ETag of the config you edited", param="If-Match"
+        )
+    try:
+        expected = int(match.strip().strip('"'))
+    except ValueError:
+        raise InvalidRequest(f"If-Match {match!r} is not a config ETag", param="If-Match") from None
+    body = await read_json_object(request, runtime.settings.max_body_bytes)
+    try:
+        config = GatewayConfig.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or None
+        raise InvalidRequest(f"invalid config: {first['msg']} at {where}", param=where) from None
+    store = runtime.services.store
+    assert store is not None
+    try:
+        version = await store.put_config(config.model_dump_json(), expected_version=expected)
+    except StaleVersion as exc:
+        raise StaleConfig(
+            f"the config changed: it is at version {exc.current}, you edited {expected}",
+            headers={"ETag": _etag(exc.current)},
+        ) from None
+    except StoreUnavailable as exc:
+        raise NoBackendAvailable(f"shared state is unreachable; try again: {exc}") from None
+    runtime.apply(config, version)
+    return web.json_response({"version": version}, headers={"ETag": _etag(version)})
+
+
 def add_routes(app: web.Application) -> None:
+    app.router.add_get("/admin/config", get_config)
+    app.router.add_put("/admin/config", put_config)
     app.router.add_get("/admin/stats", stats)
     app.router.add_get("/admin/predictor", predictor_info)
     app.router.add_get("/admin/predictor/samples", predictor_samples)

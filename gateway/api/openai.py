@@ -157,7 +157,7 @@ async def passthrough(request: web.Request) -> web.Response:
             model = parsed["model"]
     if model is not None and model not in fleet.known_models():
         raise ModelNotFound(f"the model {model!r} does not exist", param="model")
-    candidates = fleet.healthy_for(model) if model is not None else [b for b in fleet if b.healthy]
+    candidates = fleet.healthy_for(model) if model is not None else [b for b in fleet if b.routable]
     if not candidates:
         raise NoBackendAvailable(
             "no healthy backend for this request", headers={"Retry-After": "1"}

@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from gateway.errors import NoBackendAvailable, SloUnattainable
-from gateway.fleet import Fleet, InFlight
+from gateway.fleet import Backend, Fleet, InFlight
 from gateway.scheduling.policy import Policy, least_loaded
 from gateway.scheduling.snapshot import (
     BackendView,
@@ -79,6 +79,7 @@ class Lease:
     backend: str
     dispatched_at: float
     inflight: InFlight
+    owner: Backend  # the backend object granted, even if the fleet replaces its name later
     priority: int | None = None
 
 
@@ -90,7 +91,7 @@ class Scheduler:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._fleet = fleet
-        self._policy = policy
+        self.policy = policy
         self._clock = clock
         self._waiting: dict[int, _Ticket] = {}
         self._ids = itertools.count(1)
@@ -118,7 +119,12 @@ class Scheduler:
         backend = self._fleet[placement.backend]
         inflight = backend.inflight[ticket.id]
         return Lease(
-            ticket.id, placement.backend, inflight.dispatched_at, inflight, placement.priority
+            ticket.id,
+            placement.backend,
+            inflight.dispatched_at,
+            inflight,
+            backend,
+            placement.priority,
         )
 
     def submit(
@@ -155,7 +161,9 @@ class Scheduler:
             future.cancel()
 
     def release(self, lease: Lease) -> None:
-        self._fleet[lease.backend].remove(lease.ticket)
+        lease.owner.remove(lease.ticket)
+        if lease.owner.draining:
+            self._fleet.prune()
         self.schedule()
 
     def snapshot(self) -> tuple[list[WaitingView], list[BackendView]]:
@@ -163,7 +171,7 @@ class Scheduler:
         backends = [
             BackendView(
                 b.name,
-                b.healthy,
+                b.routable,
                 b.models,
                 b.in_flight,
                 b.config.max_in_flight,
@@ -194,7 +202,7 @@ class Scheduler:
             return
         now = self._clock()
         waiting, backends = self.snapshot()
-        plan = self._policy(waiting, backends, now)
+        plan = self.policy(waiting, backends, now)
         for rejection in plan.rejections:
             self._reject(self._waiting.pop(rejection.ticket), rejection, now)
         for placement in plan.placements:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -12,6 +14,7 @@ class MemoryStore:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._config: Versioned | None = None
+        self._changed = asyncio.Event()
         self._slots: dict[str, dict[str, float]] = {}
 
     async def get_config(self) -> Versioned | None:
@@ -22,6 +25,7 @@ class MemoryStore:
         if expected_version is not None and expected_version != current:
             raise StaleVersion(current)
         self._config = Versioned(current + 1, payload)
+        self._changed.set()
         return current + 1
 
     def _live(self, backend: str) -> dict[str, float]:
@@ -43,6 +47,12 @@ class MemoryStore:
 
     async def slots_in_use(self, backend: str) -> int:
         return len(self._live(backend))
+
+    async def wait_for_change(self, timeout_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._changed.wait()
+        self._changed.clear()
 
     async def close(self) -> None:
         return None

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import redis.asyncio as redis
+from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -65,6 +69,7 @@ class RedisStore:
         self._put = self._redis.register_script(PUT_CONFIG)
         self._acquire = self._redis.register_script(ACQUIRE_SLOT)
         self._count = self._redis.register_script(COUNT_SLOTS)
+        self._pubsub: PubSub | None = None
 
     async def get_config(self) -> Versioned | None:
         try:
@@ -108,5 +113,19 @@ class RedisStore:
         except _DOWN as exc:
             raise StoreUnavailable(str(exc)) from exc
 
+    async def wait_for_change(self, timeout_s: float) -> None:
+        try:
+            if self._pubsub is None:
+                self._pubsub = self._redis.pubsub()
+                await self._pubsub.subscribe(self.keys.config_channel)
+            await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout_s)
+        except _DOWN:
+            # Redis is away: wait out the interval; the next call subscribes again.
+            self._pubsub = None
+            await asyncio.sleep(timeout_s)
+
     async def close(self) -> None:
+        if self._pubsub is not None:
+            with contextlib.suppress(*_DOWN):
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         await self._redis.aclose()

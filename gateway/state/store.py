@@ -45,4 +45,9 @@ class Store(Protocol):
 
     async def slots_in_use(self, backend: str) -> int: ...
 
+    async def wait_for_change(self, timeout_s: float) -> None:
+        """Return when a config change is announced, or after ``timeout_s`` at the latest
+        (announcements can be lost, so callers also compare versions)."""
+        ...
+
     async def close(self) -> None: ...

@@ -1,0 +1,132 @@
+"""Gateway replicas on one Redis: one config, changed at run time through /admin/config."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import aiohttp
+
+from gateway.app import RunningServer
+from tests.conftest import MODEL, GatewayFactory, SimFactory, eventually
+
+
+async def _get_config(http: aiohttp.ClientSession, gw: RunningServer) -> tuple[str, Any]:
+    async with http.get(gw.url + "/admin/config") as response:
+        assert response.status == 200
+        return response.headers["ETag"], await response.json()
+
+
+async def _put_config(
+    http: aiohttp.ClientSession, gw: RunningServer, body: Any, etag: str | None
+) -> tuple[int, Any, dict[str, str]]:
+    headers = {"If-Match": etag} if etag is not None else {}
+    async with http.put(gw.url + "/admin/config", json=body, headers=headers) as response:
+        return (
+            response.status,
+            await response.json(),
+            {k.lower(): v for k, v in response.headers.items()},
+        )
+
+
+async def _complete(http: aiohttp.ClientSession, gw: RunningServer, **extra: Any) -> Any:
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 3, "ignore_eos": True, **extra}
+    async with http.post(gw.url + "/v1/completions", json=body) as response:
+        return response.status, dict(response.headers)
+
+
+async def test_two_replicas_share_one_config(
+    make_sim: SimFactory,
+    make_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    redis_url: str,
+) -> None:
+    sim = await make_sim()
+    shared = {"redis_url": redis_url, "redis_prefix": f"t-{uuid.uuid4().hex}", "config_poll_s": 0.2}
+    a = await make_gateway([sim], settings=shared)
+    b = await make_gateway([sim], settings=shared)
+    etag_a, config = await _get_config(http, a)
+    etag_b, _ = await _get_config(http, b)
+    assert etag_a == etag_b == '"1"'  # the first replica seeded the store; the second read it
+
+    config["slo_classes"]["gold"] = {"ttft_ms": 900, "tpot_ms": 40}
+    status, answer, headers = await _put_config(http, a, config, etag_a)
+    assert status == 200
+    assert answer == {"version": 2}
+    assert headers["etag"] == '"2"'
+
+    async def b_has_it() -> bool:
+        etag, seen = await _get_config(http, b)
+        return etag == '"2"' and "gold" in seen["slo_classes"]
+
+    await eventually(b_has_it, within_s=3, what="replica b picking up the change")
+    async with http.post(
+        b.url + "/v1/completions",
+        json={"model": MODEL, "prompt": "x", "max_tokens": 2},
+        headers={"x-slo-class": "gold"},
+    ) as response:
+        assert response.status == 200
+
+    # A write based on the old version loses, and says which version is current.
+    status, answer, headers = await _put_config(http, b, config, '"1"')
+    assert status == 409
+    assert answer["error"]["code"] == "stale_version"
+    assert headers["etag"] == '"2"'
+
+
+async def test_config_writes_are_validated(
+    make_sim: SimFactory, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw = await make_gateway([await make_sim()])  # the embedded store
+    etag, config = await _get_config(http, gw)
+    status, answer, _ = await _put_config(http, gw, config, None)
+    assert status == 428
+    assert answer["error"]["param"] == "If-Match"
+    status, answer, _ = await _put_config(http, gw, {**config, "default_class": "nope"}, etag)
+    assert status == 400
+    assert "default_class" in answer["error"]["message"]
+    bad_backend = {**config, "backends": [{"name": "x", "url": "not a url"}]}
+    status, answer, _ = await _put_config(http, gw, bad_backend, etag)
+    assert status == 400
+    assert answer["error"]["param"] == "backends.0.url"
+    status, _, _ = await _put_config(http, gw, config, etag)
+    assert status == 200
+
+
+async def test_backends_join_and_drain_at_run_time(
+    make_sim: SimFactory, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    first, second = await make_sim(), await make_sim()
+    gw = await make_gateway([first])
+    etag, config = await _get_config(http, gw)
+
+    # A long request on b0 is in flight while b0 leaves the config.
+    long = asyncio.create_task(_complete(http, gw, max_tokens=300))
+    await eventually(lambda: _is(bool(first.server.engine.running)))
+    config["backends"] = [{"name": "b1", "url": second.url}]
+    status, _, _ = await _put_config(http, gw, config, etag)
+    assert status == 200
+
+    async def b1_ready() -> bool:
+        async with http.get(gw.url + "/ready") as response:
+            return "b1" in (await response.json()).get("healthy_backends", [])
+
+    await eventually(b1_ready, what="the new backend passing its probe")
+    for _ in range(3):
+        status, headers = await _complete(http, gw)
+        assert status == 200
+        assert headers["x-sluice-backend"] == "b1"
+    status, headers = await long
+    assert status == 200  # the drained backend finished what it had
+    assert headers["x-sluice-backend"] == "b0"
+
+    async def b0_gone() -> bool:
+        async with http.get(gw.url + "/admin/stats") as response:
+            return [b["name"] for b in (await response.json())["backends"]] == ["b1"]
+
+    await eventually(b0_gone, what="the drained backend leaving")
+
+
+async def _is(value: bool) -> bool:
+    return value
