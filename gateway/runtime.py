@@ -165,8 +165,6 @@ class Runtime:
     def apply(self, config: GatewayConfig, version: int) -> None:
         """Swap in a config snapshot: requests in flight keep the one they started with."""
         services = self.services
-        if version <= services.config_version:
-            return
         self.config = config
         services.config_version = version
         services.scheduler.policy = make_policy(config.scheduler)
@@ -186,9 +184,19 @@ class Runtime:
             await store.wait_for_change(self.settings.config_poll_s)
             try:
                 current = await store.get_config()
+                if current is None:
+                    # The store came back empty (restarted without persistence): give it
+                    # the snapshot this replica serves, unless another replica got there first.
+                    with contextlib.suppress(StaleVersion):
+                        version = await store.put_config(
+                            self.config.model_dump_json(), expected_version=0
+                        )
+                        self.apply(self.config, version)
+                    continue
             except StoreUnavailable:
                 continue
-            if current is not None and current.version > services.config_version:
+            # Reachable, the store is the truth: any version other than ours is adopted.
+            if current.version != services.config_version:
                 try:
                     config = GatewayConfig.model_validate_json(current.payload)
                 except ValueError:

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -23,7 +23,8 @@ def redis_server(workdir: Path, port: int | None = None) -> Iterator[str]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
-    port = port or _free_port()
+    port = port or free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
         [
             binary,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from gateway.app import RunningServer
 from tests.conftest import MODEL, GatewayFactory, SimFactory, eventually
+from tests.redis_server import free_port, redis_server
 
 
 async def _get_config(http: aiohttp.ClientSession, gw: RunningServer) -> tuple[str, Any]:
@@ -130,3 +132,40 @@ async def test_backends_join_and_drain_at_run_time(
 
 async def _is(value: bool) -> bool:
     return value
+
+
+async def test_serving_survives_a_redis_outage(
+    make_sim: SimFactory,
+    make_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    sim = await make_sim()
+    port = free_port()
+    with redis_server(tmp_path / "first", port) as url:
+        gw = await make_gateway(
+            [sim], settings={"redis_url": url, "config_poll_s": 0.1, "redis_prefix": "outage"}
+        )
+        etag, config = await _get_config(http, gw)
+    # Redis is gone: requests are still served on the last config; writes say 503.
+    for _ in range(3):
+        status, _ = await _complete(http, gw)
+        assert status == 200
+    status, answer, _ = await _put_config(http, gw, config, etag)
+    assert status == 503
+    assert "shared state is unreachable" in answer["error"]["message"]
+    # It comes back empty (no persistence here): the gateway gives it its config back,
+    # and writes work again.
+    with redis_server(tmp_path / "second", port):
+        config["slo_classes"]["after"] = {"ttft_ms": 1000, "tpot_ms": 100}
+
+        async def written() -> bool:
+            etag, _ = await _get_config(http, gw)
+            status, _, _ = await _put_config(http, gw, config, etag)
+            return status == 200
+
+        await eventually(written, what="writes working again once Redis is back")
+        _, seen = await _get_config(http, gw)
+        assert "after" in seen["slo_classes"]
+        status, _ = await _complete(http, gw)
+        assert status == 200
