@@ -49,6 +49,12 @@ class Unauthorized(SluiceError):
     error_type = "authentication_error"
 
 
+class AdminDisabled(SluiceError):
+    status = 403
+    error_type = "permission_error"
+    code = "admin_disabled"
+
+
 class ModelNotFound(SluiceError):
     status = 404
     error_type = "invalid_request_error"
@@ -65,6 +71,26 @@ class MethodNotAllowed(SluiceError):
     status = 405
     error_type = "invalid_request_error"
     code = "method_not_allowed"
+
+
+class StaleConfig(SluiceError):
+    """A config write named a version that is no longer current."""
+
+    status = 409
+    error_type = "conflict"
+    code = "stale_version"
+
+
+class RetrainRunning(SluiceError):
+    status = 409
+    error_type = "conflict"
+    code = "retrain_running"
+
+
+class PreconditionRequired(SluiceError):
+    status = 428
+    error_type = "invalid_request_error"
+    code = "if_match_required"
 
 
 class PayloadTooLarge(SluiceError):

@@ -105,7 +105,8 @@ def approx_tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
 
 
-def _content_text(content: Any) -> str:
+def content_text(content: Any) -> str:
+    """The text of an OpenAI message content: a string, or the text parts of a list."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
@@ -123,9 +124,9 @@ def info_from_request(body: Mapping[str, Any]) -> PromptInfo:
         turns = [m for m in messages if isinstance(m, dict)]
         user_indices = [i for i, m in enumerate(turns) if m.get("role") == "user"]
         last = user_indices[-1] if user_indices else len(turns) - 1
-        prompt = _content_text(turns[last].get("content")) if turns else ""
+        prompt = content_text(turns[last].get("content")) if turns else ""
         history = sum(
-            approx_tokens(_content_text(m.get("content"))) for i, m in enumerate(turns) if i != last
+            approx_tokens(content_text(m.get("content"))) for i, m in enumerate(turns) if i != last
         )
         return PromptInfo(
             prompt=prompt,

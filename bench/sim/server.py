@@ -22,6 +22,7 @@ from bench.sim.engine import FINISHED, Engine, QueueFull, SimRequest
 from bench.sim.lengths import LengthDistribution, LengthTable
 from bench.sim.metrics import VllmMetrics
 from bench.sim.profiles import Profile
+from predictor.features import content_text
 
 VERSION = "0.32.0"
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -33,20 +34,12 @@ def count_tokens(text: str) -> int:
     return max(1, len(_WORD.findall(text)))
 
 
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return ""
-
-
 def prompt_texts(body: dict[str, Any], chat: bool) -> tuple[str, str]:
     """(all prompt text, the text that identifies the prompt: the last user turn)."""
     if chat:
         messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
-        texts = [_content_text(m.get("content")) for m in messages]
-        users = [_content_text(m.get("content")) for m in messages if m.get("role") == "user"]
+        texts = [content_text(m.get("content")) for m in messages]
+        users = [content_text(m.get("content")) for m in messages if m.get("role") == "user"]
         return "\n".join(texts), users[-1] if users else ""
     prompt = body.get("prompt", "")
     text = " ".join(str(p) for p in prompt) if isinstance(prompt, list) else str(prompt)

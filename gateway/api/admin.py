@@ -15,16 +15,18 @@ from pydantic import ValidationError
 
 from gateway.api.openai import RUNTIME, read_json_object
 from gateway.config import GatewayConfig
-from gateway.errors import InvalidRequest, NoBackendAvailable, SluiceError, Unauthorized
+from gateway.errors import (
+    AdminDisabled,
+    InvalidRequest,
+    NoBackendAvailable,
+    PreconditionRequired,
+    RetrainRunning,
+    StaleConfig,
+    Unauthorized,
+)
 from gateway.state.store import StaleVersion, StoreUnavailable
 from predictor.data import load_samples
 from predictor.online import retrain, to_jsonl
-
-
-class Forbidden(SluiceError):
-    status = 403
-    error_type = "permission_error"
-    code = "admin_disabled"
 
 
 def _loopback(host: str) -> bool:
@@ -44,7 +46,7 @@ async def admin_auth(request: web.Request, handler: Handler) -> web.StreamRespon
     token = settings.admin_token
     if token is None:
         if not _loopback(settings.host):
-            raise Forbidden(
+            raise AdminDisabled(
                 "the admin API is off: the gateway listens beyond loopback and has no "
                 "SLUICE_ADMIN_TOKEN"
             )
@@ -94,12 +96,6 @@ async def stats(request: web.Request) -> web.Response:
     )
 
 
-class Conflict(SluiceError):
-    status = 409
-    error_type = "conflict"
-    code = "retrain_running"
-
-
 async def predictor_info(request: web.Request) -> web.Response:
     services = request.app[RUNTIME].services
     return web.json_response(
@@ -118,7 +114,7 @@ async def predictor_retrain(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     services = runtime.services
     if runtime.retraining.locked():
-        raise Conflict("a retrain is already running")
+        raise RetrainRunning("a retrain is already running")
     async with runtime.retraining:
         base_path = runtime.settings.predictor_base_data
         base = await asyncio.to_thread(load_samples, base_path) if base_path else []
@@ -129,18 +125,6 @@ async def predictor_retrain(request: web.Request) -> web.Response:
             services.lengths = outcome.model
             services.lengths_version = f"retrained-{int(time.time())}"
     return web.json_response({**outcome.report(), "version": services.lengths_version})
-
-
-class StaleConfig(SluiceError):
-    status = 409
-    error_type = "conflict"
-    code = "stale_version"
-
-
-class PreconditionRequired(SluiceError):
-    status = 428
-    error_type = "invalid_request_error"
-    code = "if_match_required"
 
 
 def _etag(version: int) -> str:
