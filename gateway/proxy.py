@@ -36,6 +36,7 @@ from gateway.fleet import Fleet
 from gateway.metrics import GatewayMetrics
 from gateway.records import RecordLog, RequestRecord
 from gateway.scheduling.scheduler import Demand, Lease, Scheduler
+from gateway.state.slots import SharedSlots
 from predictor.online import SampleLog
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class Proxy:
         *,
         timeouts: Timeouts,
         queue_timeout_s: float,
+        slots: SharedSlots | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._fleet = fleet
@@ -75,6 +77,7 @@ class Proxy:
         self._samples = samples
         self._timeouts = timeouts
         self._queue_timeout_s = queue_timeout_s
+        self._slots = slots
         self._clock = clock
 
     async def generate(
@@ -107,7 +110,7 @@ class Proxy:
             raise
         finally:
             upstream.close()
-            self._scheduler.release(lease)
+            self._release(lease)
             self._finish(record)
 
     async def _dispatch(
@@ -139,8 +142,13 @@ class Proxy:
                 lease.backend,
                 attempt,
             )
-            self._metrics.admitted.labels(record.model, record.slo.class_name).inc()
             backend = lease.owner
+            if self._slots is not None and not await self._take_shared_slot(lease):
+                raise NoBackendAvailable(
+                    f"backend {lease.backend} is at its in-flight bound across replicas",
+                    headers={"Retry-After": "1"},
+                )
+            self._metrics.admitted.labels(record.model, record.slo.class_name).inc()
             body = call.body
             if backend.config.priority_scheduling and lease.priority is not None:
                 body = {**body, "priority": lease.priority}
@@ -150,7 +158,7 @@ class Proxy:
                     "POST", call.endpoint, payload.encode(), self._timeouts
                 )
             except BackendUnreachable as exc:
-                self._scheduler.release(lease)
+                self._release(lease)
                 self._fleet.mark_unreachable(lease.backend, str(exc))
                 excluded.add(lease.backend)
                 failure = exc
@@ -158,13 +166,33 @@ class Proxy:
                     self._metrics.retries.labels(record.model).inc()
                 continue
             except BackendTimeout as exc:
-                self._scheduler.release(lease)
+                self._release(lease)
                 raise UpstreamTimeout(str(exc)) from exc
             except BaseException:
-                self._scheduler.release(lease)
+                self._release(lease)
                 raise
             return lease, upstream
         raise UpstreamError(f"backend unreachable, also after one retry: {failure}")
+
+    async def _take_shared_slot(self, lease: Lease) -> bool:
+        """Hold the backend's slot across replicas too; give the local one back if none."""
+        assert self._slots is not None
+        until = self._clock() + self._queue_timeout_s
+        try:
+            taken = await self._slots.take(
+                lease.backend, lease.ticket, lease.owner.config.max_in_flight, until
+            )
+        except BaseException:
+            self._scheduler.release(lease)
+            raise
+        if not taken:
+            self._scheduler.release(lease)
+        return taken
+
+    def _release(self, lease: Lease) -> None:
+        self._scheduler.release(lease)
+        if self._slots is not None:
+            self._slots.give_back(lease.backend, lease.ticket)
 
     def _headers(self, record: RequestRecord) -> dict[str, str]:
         headers = {REQUEST_ID_HEADER: record.id}

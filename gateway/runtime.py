@@ -23,6 +23,7 @@ from gateway.scheduling.scheduler import Scheduler
 from gateway.settings import Settings
 from gateway.state.memory import MemoryStore
 from gateway.state.redis_store import RedisStore
+from gateway.state.slots import SharedSlots
 from gateway.state.store import StaleVersion, Store, StoreUnavailable
 from predictor import artifact
 from predictor.model import LengthModel
@@ -108,6 +109,8 @@ class Runtime:
             samples,
             timeouts=self.timeouts(),
             queue_timeout_s=s.queue_timeout_s,
+            # The in-process store serves one replica: its local bound is already exact.
+            slots=SharedSlots(store, ttl_s=s.shared_slot_ttl_s) if s.redis_url else None,
         )
         self._services = Services(
             session,

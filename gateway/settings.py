@@ -49,6 +49,9 @@ class Settings(BaseSettings):
         default=None, description="Shared state for several replicas; embedded store if unset."
     )
     redis_prefix: str = "sluice"
+    shared_slot_ttl_s: float = Field(
+        default=900.0, gt=0, description="A slot of a replica that died is freed after this."
+    )
     config_poll_s: float = Field(default=0.5, gt=0, description="Longest a config change waits.")
     admin_token: str | None = Field(
         default=None,

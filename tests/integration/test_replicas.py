@@ -169,3 +169,35 @@ async def test_serving_survives_a_redis_outage(
         assert "after" in seen["slo_classes"]
         status, _ = await _complete(http, gw)
         assert status == 200
+
+
+async def test_replicas_together_respect_a_backends_in_flight_bound(
+    make_sim: SimFactory,
+    make_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    redis_url: str,
+) -> None:
+    """Three replicas, one backend bounded at 2: never more than 2 in flight there."""
+    sim = await make_sim()
+    shared = {"redis_url": redis_url, "redis_prefix": f"t-{uuid.uuid4().hex}"}
+    backends = [{"name": "b0", "url": sim.url, "max_in_flight": 2}]
+    replicas = [await make_gateway([sim], settings=shared, backends=backends) for _ in range(3)]
+    peak = 0
+
+    async def watch() -> None:
+        nonlocal peak
+        while True:
+            engine = sim.server.engine
+            peak = max(peak, len(engine.running) + len(engine.waiting))
+            await asyncio.sleep(0.001)
+
+    watcher = asyncio.create_task(watch())
+
+    async def one(gw: RunningServer) -> int:
+        status, _ = await _complete(http, gw, max_tokens=30)
+        return int(status)
+
+    statuses = await asyncio.gather(*(one(replicas[i % 3]) for i in range(12)))
+    watcher.cancel()
+    assert statuses == [200] * 12
+    assert peak == 2  # each replica alone would have allowed 2: together 6
