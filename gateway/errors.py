@@ -73,6 +73,18 @@ class MethodNotAllowed(SluiceError):
     code = "method_not_allowed"
 
 
+class BackendNotFound(SluiceError):
+    status = 404
+    error_type = "invalid_request_error"
+    code = "backend_not_found"
+
+
+class BackendExists(SluiceError):
+    status = 409
+    error_type = "conflict"
+    code = "backend_exists"
+
+
 class StaleConfig(SluiceError):
     """A config write named a version that is no longer current."""
 

@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import ipaddress
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -17,6 +18,8 @@ from gateway.api.openai import RUNTIME, read_json_object
 from gateway.config import GatewayConfig
 from gateway.errors import (
     AdminDisabled,
+    BackendExists,
+    BackendNotFound,
     InvalidRequest,
     NoBackendAvailable,
     PreconditionRequired,
@@ -174,7 +177,97 @@ async def put_config(request: web.Request) -> web.Response:
     return web.json_response({"version": version}, headers={"ETag": _etag(version)})
 
 
+async def _edit_config(request: web.Request, edit: Callable[[dict[str, Any]], None]) -> int:
+    """Read-modify-write of the stored config by compare-and-set; a lost race is retried on
+    the winner's version. Returns the new version."""
+    runtime = request.app[RUNTIME]
+    store = runtime.services.store
+    assert store is not None
+    for _ in range(5):
+        version = runtime.services.config_version
+        raw = runtime.config.model_dump(mode="json")
+        edit(raw)
+        try:
+            config = GatewayConfig.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or None
+            raise InvalidRequest(f"invalid: {first['msg']} at {where}", param=where) from None
+        try:
+            new_version = await store.put_config(config.model_dump_json(), version)
+        except StaleVersion:
+            current = await store.get_config()
+            if current is not None:
+                runtime.apply(GatewayConfig.model_validate_json(current.payload), current.version)
+            continue
+        except StoreUnavailable as exc:
+            raise NoBackendAvailable(f"shared state is unreachable; try again: {exc}") from None
+        runtime.apply(config, new_version)
+        return new_version
+    raise StaleConfig("the config kept changing under this edit; try again")
+
+
+def _backend_row(request: web.Request, name: str) -> dict[str, Any]:
+    rows = {row["name"]: row for row in backend_stats(request)}
+    return rows.get(name, {"name": name})
+
+
+async def list_backends(request: web.Request) -> web.Response:
+    return web.json_response({"backends": backend_stats(request)})
+
+
+async def add_backend(request: web.Request) -> web.Response:
+    body = await read_json_object(request, request.app[RUNTIME].settings.max_body_bytes)
+
+    def edit(raw: dict[str, Any]) -> None:
+        if any(b["name"] == body.get("name") for b in raw["backends"]):
+            raise BackendExists(f"backend {body.get('name')!r} exists", param="name")
+        raw["backends"].append(body)
+
+    version = await _edit_config(request, edit)
+    return web.json_response(
+        {"backend": _backend_row(request, str(body["name"])), "version": version}, status=201
+    )
+
+
+async def patch_backend(request: web.Request) -> web.Response:
+    """Change a backend's settings: its URL, bound, weight, or the models it is expected to
+    serve (it takes a model's traffic only once its own /v1/models lists that model)."""
+    name = request.match_info["name"]
+    body = await read_json_object(request, request.app[RUNTIME].settings.max_body_bytes)
+    if "name" in body and body["name"] != name:
+        raise InvalidRequest("a backend cannot be renamed", param="name")
+
+    def edit(raw: dict[str, Any]) -> None:
+        for backend in raw["backends"]:
+            if backend["name"] == name:
+                backend.update(body)
+                return
+        raise BackendNotFound(f"no backend {name!r}", param="name")
+
+    version = await _edit_config(request, edit)
+    return web.json_response({"backend": _backend_row(request, name), "version": version})
+
+
+async def delete_backend(request: web.Request) -> web.Response:
+    """Remove a backend: it takes no new requests, finishes those in flight, then leaves."""
+    name = request.match_info["name"]
+
+    def edit(raw: dict[str, Any]) -> None:
+        kept = [b for b in raw["backends"] if b["name"] != name]
+        if len(kept) == len(raw["backends"]):
+            raise BackendNotFound(f"no backend {name!r}", param="name")
+        raw["backends"] = kept
+
+    version = await _edit_config(request, edit)
+    return web.json_response({"draining": name, "version": version}, status=202)
+
+
 def add_routes(app: web.Application) -> None:
+    app.router.add_get("/admin/backends", list_backends)
+    app.router.add_post("/admin/backends", add_backend)
+    app.router.add_patch("/admin/backends/{name}", patch_backend)
+    app.router.add_delete("/admin/backends/{name}", delete_backend)
     app.router.add_get("/admin/config", get_config)
     app.router.add_put("/admin/config", put_config)
     app.router.add_get("/admin/stats", stats)

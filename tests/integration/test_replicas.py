@@ -201,3 +201,64 @@ async def test_replicas_together_respect_a_backends_in_flight_bound(
     watcher.cancel()
     assert statuses == [200] * 12
     assert peak == 2  # each replica alone would have allowed 2: together 6
+
+
+async def test_backend_routes(
+    make_sim: SimFactory,
+    make_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    redis_url: str,
+) -> None:
+    first, second = await make_sim(), await make_sim()
+    shared = {"redis_url": redis_url, "redis_prefix": f"t-{uuid.uuid4().hex}", "config_poll_s": 0.2}
+    a = await make_gateway([first], settings=shared)
+    b = await make_gateway([first], settings=shared)
+
+    async with http.post(
+        a.url + "/admin/backends", json={"name": "b1", "url": second.url, "max_in_flight": 7}
+    ) as response:
+        assert response.status == 201
+        assert (await response.json())["version"] == 2
+    async with http.post(
+        a.url + "/admin/backends", json={"name": "b1", "url": second.url}
+    ) as response:
+        assert response.status == 409
+        assert (await response.json())["error"]["code"] == "backend_exists"
+    async with http.post(
+        a.url + "/admin/backends", json={"name": "bad", "url": "nope"}
+    ) as response:
+        assert response.status == 400
+        assert (await response.json())["error"]["param"] == "backends.2.url"
+
+    # The other replica sees the new backend and routes to it once it passes its probe.
+    async def b_lists_b1() -> bool:
+        async with http.get(b.url + "/admin/backends") as response:
+            rows = {r["name"]: r for r in (await response.json())["backends"]}
+            return "b1" in rows and rows["b1"]["healthy"]
+
+    await eventually(b_lists_b1, within_s=5, what="replica b probing the added backend")
+
+    async with http.patch(b.url + "/admin/backends/b1", json={"max_in_flight": 3}) as response:
+        assert response.status == 200
+        assert (await response.json())["version"] == 3
+    async with http.patch(b.url + "/admin/backends/zz", json={"weight": 2}) as response:
+        assert response.status == 404
+    async with http.patch(b.url + "/admin/backends/b1", json={"name": "x"}) as response:
+        assert response.status == 400
+
+    async with http.delete(a.url + "/admin/backends/b0") as response:
+        assert response.status == 202
+    async with http.delete(a.url + "/admin/backends/b0") as response:
+        assert response.status == 404
+
+    async def only_b1() -> bool:
+        async with http.get(b.url + "/admin/config") as response:
+            config = await response.json()
+        return [x["name"] for x in config["backends"]] == ["b1"] and (
+            config["backends"][0]["max_in_flight"] == 3
+        )
+
+    await eventually(only_b1, within_s=5, what="replica b seeing the edits")
+    status, headers = await _complete(http, b)
+    assert status == 200
+    assert headers["x-sluice-backend"] == "b1"
