@@ -20,11 +20,12 @@ from bench.sim.profiles import Profile
 from bench.workload import SCORPIO_CLASSES, Planned, Result
 from gateway.config import BackendConfig, LatencyPrior, SchedulerConfig
 from gateway.errors import NoBackendAvailable, SloUnattainable
+from gateway.estimate import demand, estimate
 from gateway.fleet import Backend, Fleet, InFlight
 from gateway.runtime import make_policy
-from gateway.scheduling.scheduler import Demand, Scheduler
+from gateway.scheduling.scheduler import Scheduler
 from gateway.scheduling.snapshot import Placement
-from predictor.features import approx_tokens, info_from_request
+from gateway.slo import SloTarget
 from predictor.model import LengthModel
 
 MODEL = "virtual-model"
@@ -149,21 +150,10 @@ def run_virtual(
             "max_tokens": item.max_tokens,
             "messages": [{"role": "user", "content": item.sample.prompt}],
         }
-        info = info_from_request(body)
-        prediction = lengths.predict(info)
-        prompt_tokens = approx_tokens(info.prompt) + info.history_tokens
-        reserve = getattr(prediction, scheduler.output_quantile)
-        demand = Demand(
-            model=MODEL,
-            arrival=now[0],
-            deadline=now[0] + ttft_ms * slo_scale / 1000,
-            tpot_s=tpot_ms * slo_scale / 1000,
-            prompt_tokens=prompt_tokens,
-            predicted_tokens=prediction.tokens,
-            reserve_tokens=prompt_tokens + reserve,
-        )
+        slo = SloTarget(item.slo_class, ttft_ms * slo_scale, tpot_ms * slo_scale)
+        wanted = demand(MODEL, now[0], slo, estimate(body, lengths, scheduler.output_quantile))
         try:
-            ticket, future = queue.submit(demand, loop)
+            ticket, future = queue.submit(wanted, loop)
         except NoBackendAvailable:
             results.append(Result(item.slo_class, 503))
             return

@@ -32,10 +32,11 @@ from gateway.errors import (
     UpstreamTimeout,
     error_body,
 )
+from gateway.estimate import demand
 from gateway.fleet import Fleet
 from gateway.metrics import GatewayMetrics
 from gateway.records import RecordLog, RequestRecord
-from gateway.scheduling.scheduler import Demand, Lease, Scheduler
+from gateway.scheduling.scheduler import Lease, Scheduler
 from gateway.state.slots import SharedSlots
 from predictor.online import SampleLog
 
@@ -118,20 +119,12 @@ class Proxy:
     ) -> tuple[Lease, UpstreamResponse]:
         excluded: set[str] = set()
         failure: BackendUnreachable | None = None
-        demand = Demand(
-            model=record.model,
-            arrival=record.arrival,
-            deadline=record.arrival + record.slo.ttft_s,
-            tpot_s=record.slo.tpot_s,
-            prompt_tokens=record.prompt_tokens_estimate,
-            predicted_tokens=record.predicted_tokens or 0,
-            reserve_tokens=record.prompt_tokens_estimate + (record.predicted_reserve or 0),
-            rejectable=record.slo.rejectable,
-        )
+        assert record.estimate is not None
+        wanted = demand(record.model, record.arrival, record.slo, record.estimate)
         for attempt in (1, 2):
             try:
                 lease = await self._scheduler.acquire(
-                    demand, timeout_s=self._queue_timeout_s, excluded=excluded
+                    wanted, timeout_s=self._queue_timeout_s, excluded=excluded
                 )
             except NoBackendAvailable as exc:
                 if failure is None:
@@ -196,8 +189,8 @@ class Proxy:
 
     def _headers(self, record: RequestRecord) -> dict[str, str]:
         headers = {REQUEST_ID_HEADER: record.id}
-        if record.predicted_tokens is not None:
-            headers[PREDICTED_HEADER] = str(record.predicted_tokens)
+        if record.estimate is not None:
+            headers[PREDICTED_HEADER] = str(record.estimate.output_tokens)
         if record.backend is not None:
             headers[BACKEND_HEADER] = record.backend
         return headers
@@ -310,7 +303,7 @@ class Proxy:
             record.finish = self._clock()
         self._metrics.observe(record)
         self._records.add(record)
-        prompt = record.prompt
+        prompt = record.estimate.prompt if record.estimate is not None else None
         # A reply cut off at max_tokens says nothing of its natural length: not a sample.
         if (
             record.outcome == "ok"

@@ -6,8 +6,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
+from gateway.estimate import Estimate
 from gateway.slo import SloTarget
-from predictor.features import PromptInfo
 
 Outcome = Literal["pending", "ok", "failed", "cancelled", "rejected", "upstream_status"]
 
@@ -30,11 +30,8 @@ class RequestRecord:
     completion_tokens: int | None = None
     outcome: Outcome = "pending"
     status: int = 0
-    predicted_tokens: int | None = None
-    predicted_reserve: int | None = None
-    prompt_tokens_estimate: int = 0
+    estimate: Estimate | None = field(default=None, repr=False)
     reject_reason: str | None = None
-    prompt: PromptInfo | None = field(default=None, repr=False)
 
     @property
     def tokens(self) -> int:

@@ -20,11 +20,11 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from gateway.estimate import estimate
 from gateway.proxy import REQUEST_ID_HEADER, GenerationCall
 from gateway.records import RequestRecord
 from gateway.runtime import Runtime
 from gateway.slo import resolve_slo
-from predictor.features import approx_tokens, info_from_request
 
 RUNTIME = web.AppKey("runtime", Runtime)
 _OWN_PATHS = {"/v1/chat/completions": "POST", "/v1/completions": "POST", "/v1/models": "GET"}
@@ -106,8 +106,6 @@ def _generation(endpoint: str, *, chat: bool) -> Any:
         if model not in services.fleet.known_models():
             raise ModelNotFound(f"the model {model!r} does not exist", param="model")
         slo = resolve_slo(request.headers, model, runtime.config)
-        prompt = info_from_request(body)
-        prediction = services.lengths.predict(prompt)
         record = RequestRecord(
             id=request_id(request),
             model=model,
@@ -115,10 +113,7 @@ def _generation(endpoint: str, *, chat: bool) -> Any:
             slo=slo,
             stream=stream,
             arrival=arrival,
-            predicted_tokens=prediction.tokens,
-            predicted_reserve=getattr(prediction, runtime.config.scheduler.output_quantile),
-            prompt_tokens_estimate=approx_tokens(prompt.prompt) + prompt.history_tokens,
-            prompt=prompt,
+            estimate=estimate(body, services.lengths, runtime.config.scheduler.output_quantile),
         )
         call = GenerationCall(endpoint=endpoint, body=body, wants_usage=wants_usage)
         return await services.proxy.generate(request, call, record)
