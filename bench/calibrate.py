@@ -24,11 +24,11 @@ from typing import Any
 import aiohttp
 
 from bench.procs import sim_fleet
+from bench.publish import REPORTS, publish
 from bench.sim.profiles import Profile, get_profile
 from bench.sim.virtual import Arrival, simulate
 from bench.stats import gaps, percentile
 
-REPORTS = Path(__file__).resolve().parent / "reports"
 PROFILE = "llama8b-h100"
 
 # Published figures (see the report for sources).
@@ -417,12 +417,7 @@ def main() -> int:
         "scale": {} if args.skip_http else asyncio.run(scale_check()),
     }
     result["verdict"] = verdict(result)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "sim_calibration.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, args.out / "sim_calibration.png")
-    report = markdown(result)
-    (args.out / "sim_calibration.md").write_text(report)
-    print(report)
+    publish(args.out, "sim_calibration", result, markdown(result), plot)
     return 0
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 from bench.data import load_sharegpt
 from bench.procs import gateway, sim_fleet
+from bench.publish import REPORTS, publish
 from bench.sim.profiles import get_profile
 from bench.sim.virtual import Arrival, simulate
 from bench.stats import percentile
@@ -50,7 +51,6 @@ from bench.workload import (
 from gateway.config import LatencyPrior, SchedulerConfig
 from predictor import artifact
 
-REPORTS = Path(__file__).resolve().parent / "reports"
 MODEL = "llama-3.1-8b"
 BACKENDS = 4
 
@@ -402,12 +402,7 @@ def main() -> int:
         data = json.loads((args.out / "guards.json").read_text())
     else:
         data = asyncio.run(run(args)) if args.http else run_virtual_ablation(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "guards.json").write_text(json.dumps(data, indent=2) + "\n")
-    plot(data, args.out / "guards.png")
-    report = markdown(data)
-    (args.out / "guards.md").write_text(report)
-    print(report)
+    publish(args.out, "guards", data, markdown(data), plot)
     return 0
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import sys
 import tempfile
 import time
@@ -22,10 +21,10 @@ from typing import Any
 import aiohttp
 
 from bench.procs import gateway, sim_fleet
+from bench.publish import REPORTS, publish
 from bench.stats import percentile
 
 MODEL = "overhead-model"
-REPORTS = Path(__file__).resolve().parent / "reports"
 
 
 async def one(
@@ -199,11 +198,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPORTS)
     args = parser.parse_args()
     result = asyncio.run(measure(args))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "overhead.json").write_text(json.dumps(result, indent=2) + "\n")
-    report = markdown(result)
-    (args.out / "overhead.md").write_text(report)
-    print(report)
+    publish(args.out, "overhead", result, markdown(result))
     return 0
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import sys
 import tempfile
@@ -24,10 +23,10 @@ from typing import Any
 import aiohttp
 
 from bench.procs import gateway, redis_server, sim_fleet
+from bench.publish import REPORTS, publish
 from bench.stats import percentile
 
 MODEL = "replica-model"
-REPORTS = Path(__file__).resolve().parent / "reports"
 
 
 async def load(urls: list[str], concurrency: int, seconds: float) -> dict[str, float]:
@@ -121,11 +120,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPORTS)
     args = parser.parse_args()
     data = asyncio.run(measure(args))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "replicas.json").write_text(json.dumps(data, indent=2) + "\n")
-    report = markdown(data)
-    (args.out / "replicas.md").write_text(report)
-    print(report)
+    publish(args.out, "replicas", data, markdown(data))
     return 0
 
 
