@@ -27,6 +27,7 @@ from gateway.errors import (
     StaleConfig,
     Unauthorized,
 )
+from gateway.runtime import Runtime
 from gateway.state.store import StaleVersion, StoreUnavailable
 from predictor.data import load_samples
 from predictor.online import retrain, to_jsonl
@@ -155,26 +156,37 @@ async def put_config(request: web.Request) -> web.Response:
         expected = int(match.strip().strip('"'))
     except ValueError:
         raise InvalidRequest(f"If-Match {match!r} is not a config ETag", param="If-Match") from None
-    body = await read_json_object(request, runtime.settings.max_body_bytes)
+    config = _validated(await read_json_object(request, runtime.settings.max_body_bytes))
     try:
-        config = GatewayConfig.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or None
-        raise InvalidRequest(f"invalid config: {first['msg']} at {where}", param=where) from None
-    store = runtime.services.store
-    assert store is not None
-    try:
-        version = await store.put_config(config.model_dump_json(), expected_version=expected)
+        version = await _commit(runtime, config, expected)
     except StaleVersion as exc:
         raise StaleConfig(
             f"the config changed: it is at version {exc.current}, you edited {expected}",
             headers={"ETag": _etag(exc.current)},
         ) from None
+    return web.json_response({"version": version}, headers={"ETag": _etag(version)})
+
+
+def _validated(raw: Any) -> GatewayConfig:
+    try:
+        return GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or None
+        raise InvalidRequest(f"invalid config: {first['msg']} at {where}", param=where) from None
+
+
+async def _commit(runtime: Runtime, config: GatewayConfig, expected: int) -> int:
+    """Compare-and-set the config in the store and apply it here; StaleVersion passes to the
+    caller, and an unreachable store is a 503."""
+    store = runtime.services.store
+    assert store is not None
+    try:
+        version = await store.put_config(config.model_dump_json(), expected_version=expected)
     except StoreUnavailable as exc:
         raise NoBackendAvailable(f"shared state is unreachable; try again: {exc}") from None
     runtime.apply(config, version)
-    return web.json_response({"version": version}, headers={"ETag": _etag(version)})
+    return version
 
 
 async def _edit_config(request: web.Request, edit: Callable[[dict[str, Any]], None]) -> int:
@@ -184,26 +196,17 @@ async def _edit_config(request: web.Request, edit: Callable[[dict[str, Any]], No
     store = runtime.services.store
     assert store is not None
     for _ in range(5):
-        version = runtime.services.config_version
         raw = runtime.config.model_dump(mode="json")
         edit(raw)
         try:
-            config = GatewayConfig.model_validate(raw)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or None
-            raise InvalidRequest(f"invalid: {first['msg']} at {where}", param=where) from None
-        try:
-            new_version = await store.put_config(config.model_dump_json(), version)
+            return await _commit(runtime, _validated(raw), runtime.services.config_version)
         except StaleVersion:
-            current = await store.get_config()
+            try:
+                current = await store.get_config()
+            except StoreUnavailable as exc:
+                raise NoBackendAvailable(f"shared state is unreachable; try again: {exc}") from None
             if current is not None:
                 runtime.apply(GatewayConfig.model_validate_json(current.payload), current.version)
-            continue
-        except StoreUnavailable as exc:
-            raise NoBackendAvailable(f"shared state is unreachable; try again: {exc}") from None
-        runtime.apply(config, new_version)
-        return new_version
     raise StaleConfig("the config kept changing under this edit; try again")
 
 
