@@ -227,12 +227,9 @@ class Fleet:
             self.on_change()
 
     async def probe_all(self) -> None:
-        await asyncio.gather(*(self._probe(b) for b in self._backends.values()))
+        await asyncio.gather(*(self.probe(b) for b in self._backends.values()))
 
     async def probe(self, backend: Backend) -> None:
-        await self._probe(backend)
-
-    async def _probe(self, backend: Backend) -> None:
         result = await backend.adapter.probe(self._probe_timeout_s)
         backend.last_probe = time.monotonic()
         was_healthy = backend.healthy

@@ -11,13 +11,13 @@ import aiohttp
 import pytest
 from openai import AsyncOpenAI
 
+from bench.procs import redis_server
 from bench.sim.fleet import RunningSim, start_sim
 from bench.sim.profiles import Profile, get_profile
 from bench.sim.server import SimServer
 from gateway.app import RunningServer, build_app, start_server
 from gateway.config import GatewayConfig
 from gateway.settings import Settings
-from tests.redis_server import redis_server
 
 MODEL = "sim-model"
 # The 8B-on-H100 engine at a fifth of its step time: streams are real, tests stay quick.

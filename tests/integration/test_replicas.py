@@ -9,9 +9,9 @@ from typing import Any
 
 import aiohttp
 
+from bench.procs import free_port, redis_server
 from gateway.app import RunningServer
 from tests.conftest import MODEL, GatewayFactory, SimFactory, eventually
-from tests.redis_server import free_port, redis_server
 
 
 async def _get_config(http: aiohttp.ClientSession, gw: RunningServer) -> tuple[str, Any]:

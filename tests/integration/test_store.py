@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import redis.asyncio as redis
 
+from bench.procs import redis_server
 from gateway.state.memory import MemoryStore
 from gateway.state.redis_store import RedisStore
 from gateway.state.store import StaleVersion, Store, StoreUnavailable
-from tests.redis_server import redis_server
 
 
 @pytest.fixture(params=["memory", "redis"])
