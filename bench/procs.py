@@ -83,13 +83,12 @@ def free_port() -> int:
         return port
 
 
-@contextlib.contextmanager
-def redis_server(workdir: Path, port: int | None = None) -> Iterator[str]:
-    """A redis-server of its own on a loopback port, without persistence; yields its URL."""
+def start_redis(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+    """Start a redis-server of its own on a loopback port, without persistence, and wait
+    until it accepts connections."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
-    port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
         [
@@ -108,16 +107,24 @@ def redis_server(workdir: Path, port: int | None = None) -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return process
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError("redis-server did not start") from None
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path, port: int | None = None) -> Iterator[str]:
+    """A redis-server (see ``start_redis``) for the life of the block; yields its URL."""
+    port = port or free_port()
+    process = start_redis(workdir, port)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         process.terminate()

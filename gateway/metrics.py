@@ -155,6 +155,12 @@ class GatewayMetrics:
             ["model"],
             registry=self.registry,
         )
+        self.shared_refusals = Counter(
+            "sluice_shared_admission_refusals",
+            "Placements the shared store refused: other replicas had filled the backend",
+            ["backend"],
+            registry=self.registry,
+        )
         self.ttft = Histogram(
             "sluice_ttft_seconds",
             "Time to first token, as the gateway saw it",

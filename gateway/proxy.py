@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,11 +34,13 @@ from gateway.errors import (
     error_body,
 )
 from gateway.estimate import demand
-from gateway.fleet import Fleet
+from gateway.fleet import Backend, Fleet
 from gateway.metrics import GatewayMetrics
 from gateway.records import RecordLog, RequestRecord
-from gateway.scheduling.scheduler import Lease, Scheduler
-from gateway.state.slots import SharedSlots
+from gateway.scheduling.policy import SloPolicy
+from gateway.scheduling.scheduler import Demand, Lease, Scheduler
+from gateway.state.load import AdmissionRule, LeaseWeight
+from gateway.state.sharing import LoadSharing
 from predictor.online import SampleLog
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,16 @@ REQUEST_ID_HEADER = "x-request-id"
 BACKEND_HEADER = "x-sluice-backend"
 PREDICTED_HEADER = "x-sluice-predicted-tokens"
 _CLIENT_GONE = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
+
+
+def lease_weight(wanted: Demand) -> LeaseWeight:
+    """What a request weighs on its backend in the shared store. A best-effort request's
+    target binds no one: it was placed without a guarantee."""
+    return LeaseWeight(
+        kv_tokens=wanted.reserve_tokens,
+        context=wanted.prompt_tokens + wanted.predicted_tokens // 2,
+        tpot_s=wanted.tpot_s if wanted.rejectable else math.inf,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +81,7 @@ class Proxy:
         *,
         timeouts: Timeouts,
         queue_timeout_s: float,
-        slots: SharedSlots | None = None,
+        sharing: LoadSharing | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._fleet = fleet
@@ -78,7 +91,7 @@ class Proxy:
         self._samples = samples
         self._timeouts = timeouts
         self._queue_timeout_s = queue_timeout_s
-        self._slots = slots
+        self._sharing = sharing
         self._clock = clock
 
     async def generate(
@@ -121,11 +134,10 @@ class Proxy:
         failure: BackendUnreachable | None = None
         assert record.estimate is not None
         wanted = demand(record.model, record.arrival, record.slo, record.estimate)
+        until = self._clock() + self._queue_timeout_s
         for attempt in (1, 2):
             try:
-                lease = await self._scheduler.acquire(
-                    wanted, timeout_s=self._queue_timeout_s, excluded=excluded
-                )
+                lease = await self._place(wanted, excluded, until)
             except NoBackendAvailable as exc:
                 if failure is None:
                     raise
@@ -136,11 +148,6 @@ class Proxy:
                 attempt,
             )
             backend = lease.owner
-            if self._slots is not None and not await self._take_shared_slot(lease):
-                raise NoBackendAvailable(
-                    f"backend {lease.backend} is at its in-flight bound across replicas",
-                    headers={"Retry-After": "1"},
-                )
             self._metrics.admitted.labels(record.model, record.slo.class_name).inc()
             body = call.body
             if backend.config.priority_scheduling and lease.priority is not None:
@@ -167,25 +174,54 @@ class Proxy:
             return lease, upstream
         raise UpstreamError(f"backend unreachable, also after one retry: {failure}")
 
-    async def _take_shared_slot(self, lease: Lease) -> bool:
-        """Hold the backend's slot across replicas too; give the local one back if none."""
-        assert self._slots is not None
-        until = self._clock() + self._queue_timeout_s
-        try:
-            taken = await self._slots.take(
-                lease.backend, lease.ticket, lease.owner.config.max_in_flight, until
+    async def _place(self, wanted: Demand, excluded: set[str], until: float) -> Lease:
+        """A slot from this replica's scheduler and, with replicas sharing load, the shared
+        store's admission of it too. A refused request goes back to the queue (same deadline,
+        so the same place in LDF order) and tries again after a short back-off."""
+        delay, timeout_s = 0.005, self._queue_timeout_s
+        while True:
+            lease = await self._scheduler.acquire(wanted, timeout_s=timeout_s, excluded=excluded)
+            if self._sharing is None:
+                return lease
+            try:
+                grant = await self._sharing.take(
+                    lease.backend, lease.ticket, lease_weight(wanted), self._rule(lease.owner)
+                )
+            except BaseException:
+                self._scheduler.release(lease)
+                raise
+            if grant.admitted:
+                return lease
+            self._scheduler.release(lease)
+            self._metrics.shared_refusals.labels(lease.backend).inc()
+            if self._clock() + delay > until:
+                raise NoBackendAvailable(
+                    f"no backend slot for model {wanted.model!r} within the queue timeout: "
+                    f"backends are full across gateway replicas",
+                    headers={"Retry-After": "1"},
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            timeout_s = max(until - self._clock(), 0.001)
+
+    def _rule(self, backend: Backend) -> AdmissionRule:
+        """The admission rule the shared store applies: the policy's VBS rule when it runs
+        one, else the in-flight bound alone."""
+        policy = self._scheduler.policy
+        if isinstance(policy, SloPolicy) and policy.vbs:
+            return AdmissionRule(
+                backend.config.max_in_flight,
+                backend.kv_capacity,
+                backend.itl.params,
+                policy.epsilon,
+                policy.admit_margin,
             )
-        except BaseException:
-            self._scheduler.release(lease)
-            raise
-        if not taken:
-            self._scheduler.release(lease)
-        return taken
+        return AdmissionRule(backend.config.max_in_flight)
 
     def _release(self, lease: Lease) -> None:
         self._scheduler.release(lease)
-        if self._slots is not None:
-            self._slots.give_back(lease.backend, lease.ticket)
+        if self._sharing is not None:
+            self._sharing.give_back(lease.backend, lease.ticket)
 
     def _headers(self, record: RequestRecord) -> dict[str, str]:
         headers = {REQUEST_ID_HEADER: record.id}

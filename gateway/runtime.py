@@ -21,9 +21,10 @@ from gateway.records import RecordLog
 from gateway.scheduling.policy import Policy, SloPolicy, least_loaded
 from gateway.scheduling.scheduler import Scheduler
 from gateway.settings import Settings
+from gateway.state.load import LoadTotals
 from gateway.state.memory import MemoryStore
 from gateway.state.redis_store import RedisStore
-from gateway.state.slots import SharedSlots
+from gateway.state.sharing import LoadSharing
 from gateway.state.store import StaleVersion, Store, StoreUnavailable
 from predictor import artifact
 from predictor.model import LengthModel
@@ -96,7 +97,14 @@ class Runtime:
         fleet = Fleet(
             backends, unhealthy_after=s.unhealthy_after, probe_timeout_s=s.probe_timeout_s
         )
-        scheduler = Scheduler(fleet, make_policy(self.config.scheduler), clock=time.monotonic)
+        # The in-process store serves one replica: its local accounting is already exact.
+        sharing = LoadSharing(store, ttl_s=s.shared_lease_ttl_s) if s.redis_url else None
+        scheduler = Scheduler(
+            fleet,
+            make_policy(self.config.scheduler),
+            clock=time.monotonic,
+            peer_load=sharing.others if sharing is not None else lambda _name: LoadTotals(),
+        )
         fleet.on_change = scheduler.schedule
         metrics = GatewayMetrics(fleet, scheduler.queue_depths)
         records = RecordLog(s.records_kept)
@@ -109,8 +117,7 @@ class Runtime:
             samples,
             timeouts=self.timeouts(),
             queue_timeout_s=s.queue_timeout_s,
-            # The in-process store serves one replica: its local bound is already exact.
-            slots=SharedSlots(store, ttl_s=s.shared_slot_ttl_s) if s.redis_url else None,
+            sharing=sharing,
         )
         self._services = Services(
             session,
@@ -132,6 +139,19 @@ class Runtime:
             asyncio.create_task(background("ticks", lambda: scheduler.run_ticks(tick_s))),
             asyncio.create_task(background("config", self._watch_config)),
         ]
+        if sharing is not None:
+
+            def names() -> list[str]:
+                return [b.name for b in fleet]
+
+            tasks.append(
+                asyncio.create_task(
+                    background(
+                        "shared load",
+                        lambda: sharing.run(names, s.shared_sync_s, scheduler.schedule),
+                    )
+                )
+            )
         try:
             yield
         finally:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -49,11 +50,22 @@ class Settings(BaseSettings):
         default=None, description="Shared state for several replicas; embedded store if unset."
     )
     redis_prefix: str = "sluice"
-    shared_slot_ttl_s: float = Field(
-        default=900.0, gt=0, description="A slot of a replica that died is freed after this."
+    shared_lease_ttl_s: float = Field(
+        default=10.0, gt=0, description="A lease of a replica that died lapses after this."
+    )
+    shared_sync_s: float = Field(
+        default=0.2, gt=0, description="How often a replica renews its leases and reads others'."
     )
     config_poll_s: float = Field(default=0.5, gt=0, description="Longest a config change waits.")
     admin_token: str | None = Field(
         default=None,
         description="Bearer token for /admin. Without one, /admin answers only on loopback.",
     )
+
+    @model_validator(mode="after")
+    def _leases_outlive_syncs(self) -> Self:
+        if self.shared_lease_ttl_s < 5 * self.shared_sync_s:
+            raise ValueError(
+                "shared_lease_ttl_s must be at least 5 x shared_sync_s, or live leases lapse"
+            )
+        return self

@@ -63,13 +63,13 @@ class BackendLoad:
 
     @classmethod
     def of(cls, view: BackendView) -> BackendLoad:
-        requests = view.requests
+        requests, peers = view.requests, view.peers
         return cls(
             view=view,
-            count=view.in_flight,
-            context_sum=float(sum(r.context for r in requests)),
-            min_tpot=min((r.tpot_s for r in requests), default=math.inf),
-            kv_reserved=sum(r.reserved_kv for r in requests),
+            count=view.in_flight + peers.count,
+            context_sum=float(sum(r.context for r in requests) + peers.context),
+            min_tpot=min(min((r.tpot_s for r in requests), default=math.inf), peers.min_tpot_s),
+            kv_reserved=sum(r.reserved_kv for r in requests) + peers.kv_tokens,
             pending_prefill=sum(r.prompt_tokens for r in requests if not r.started),
             remaining=[(r.prompt_tokens, r.remaining_tokens, r.started) for r in requests],
         )

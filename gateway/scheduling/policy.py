@@ -32,7 +32,7 @@ def least_loaded(
     A request with no eligible backend that has room stays queued; requests behind it may still
     go to other backends (a model's requests do not block another model's).
     """
-    load = {b.name: b.in_flight for b in backends}
+    load = {b.name: b.total_in_flight for b in backends}
     placements: list[Placement] = []
     for request in sorted(waiting, key=fifo_key):
         candidates = [

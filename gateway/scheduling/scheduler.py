@@ -24,6 +24,7 @@ from gateway.scheduling.snapshot import (
     Rejection,
     WaitingView,
 )
+from gateway.state.load import LoadTotals
 
 REASON_HEADER = "x-sluice-reject-reason"
 
@@ -89,10 +90,12 @@ class Scheduler:
         fleet: Fleet,
         policy: Policy = least_loaded,
         clock: Callable[[], float] = time.monotonic,
+        peer_load: Callable[[str], LoadTotals] = lambda _name: LoadTotals(),
     ) -> None:
         self._fleet = fleet
         self.policy = policy
         self._clock = clock
+        self._peer_load = peer_load  # other gateway replicas' load per backend
         self._waiting: dict[int, _Ticket] = {}
         self._ids = itertools.count(1)
 
@@ -191,6 +194,7 @@ class Scheduler:
                 b.itl.params,
                 b.kv_capacity,
                 b.dispatched,
+                self._peer_load(b.name),
             )
             for b in self._fleet
         ]

@@ -6,6 +6,9 @@ import math
 from dataclasses import dataclass, field
 
 from gateway.scheduling.latency import ItlParams, PrefillParams
+from gateway.state.load import LoadTotals
+
+NO_PEERS = LoadTotals()
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +44,15 @@ class BackendView:
     itl: ItlParams | None = None
     kv_capacity: int | None = None
     dispatched: int = 0  # requests sent there so far: the last tie-break, least used first
+    peers: LoadTotals = NO_PEERS  # other gateway replicas' requests in flight there
+
+    @property
+    def total_in_flight(self) -> int:
+        return self.in_flight + self.peers.count
 
     @property
     def has_room(self) -> bool:
-        return self.in_flight < self.max_in_flight
+        return self.total_in_flight < self.max_in_flight
 
 
 @dataclass(frozen=True, slots=True)

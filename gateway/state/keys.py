@@ -19,6 +19,17 @@ class Keys:
         """Pub/sub channel announcing a new config version."""
         return f"{self.prefix}:config:changed"
 
-    def inflight(self, backend: str) -> str:
-        """Sorted set of lease ids by expiry time, per backend. Transient: has a TTL."""
-        return f"{self.prefix}:inflight:{backend}"
+    @property
+    def epoch(self) -> str:
+        """String: a random id set when the store is first used; its loss tells replicas that
+        the store restarted empty, so they register their leases again. Persistent."""
+        return f"{self.prefix}:epoch"
+
+    def lease_expiry(self, backend: str) -> str:
+        """Sorted set of a backend's lease ids by expiry time. Transient: has a TTL."""
+        return f"{self.prefix}:lease:{backend}:expiry"
+
+    def lease_weights(self, backend: str) -> str:
+        """Hash of a backend's lease id -> weight ("kv context tpot_us"). Transient: has a
+        TTL."""
+        return f"{self.prefix}:lease:{backend}:weight"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
+from gateway.state.load import AdmissionRule, Grant, LeaseWeight, LoadTotals, admits
 from gateway.state.store import StaleVersion, Versioned
 
 
@@ -15,7 +16,7 @@ class MemoryStore:
         self._clock = clock
         self._config: Versioned | None = None
         self._changed = asyncio.Event()
-        self._slots: dict[str, dict[str, float]] = {}
+        self._leases: dict[str, dict[str, tuple[float, LeaseWeight]]] = {}
 
     async def get_config(self) -> Versioned | None:
         return self._config
@@ -28,25 +29,42 @@ class MemoryStore:
         self._changed.set()
         return current + 1
 
-    def _live(self, backend: str) -> dict[str, float]:
+    def _live(self, backend: str) -> dict[str, tuple[float, LeaseWeight]]:
         now = self._clock()
-        slots = self._slots.setdefault(backend, {})
-        for lease in [lease for lease, expiry in slots.items() if expiry <= now]:
-            del slots[lease]
-        return slots
+        leases = self._leases.setdefault(backend, {})
+        for lease in [lease for lease, (expiry, _) in leases.items() if expiry <= now]:
+            del leases[lease]
+        return leases
 
-    async def acquire_slot(self, backend: str, lease: str, limit: int, ttl_s: float) -> bool:
-        slots = self._live(backend)
-        if lease not in slots and len(slots) >= limit:
-            return False
-        slots[lease] = self._clock() + ttl_s
-        return True
+    def _totals(self, backend: str) -> LoadTotals:
+        return LoadTotals.of([weight for _, weight in self._live(backend).values()])
 
-    async def release_slot(self, backend: str, lease: str) -> None:
-        self._slots.get(backend, {}).pop(lease, None)
+    async def admit_lease(
+        self, backend: str, lease: str, weight: LeaseWeight, rule: AdmissionRule, ttl_s: float
+    ) -> Grant:
+        leases = self._live(backend)
+        if lease not in leases and not admits(rule, self._totals(backend), weight):
+            return Grant(False, self._totals(backend))
+        leases[lease] = (self._clock() + ttl_s, weight)
+        return Grant(True, self._totals(backend))
 
-    async def slots_in_use(self, backend: str) -> int:
-        return len(self._live(backend))
+    async def release_lease(self, backend: str, lease: str) -> None:
+        self._leases.get(backend, {}).pop(lease, None)
+
+    async def sync_leases(
+        self, held: Mapping[str, Mapping[str, LeaseWeight]], ttl_s: float
+    ) -> dict[str, LoadTotals]:
+        # This store never loses its state while the process lives: renew, never re-register.
+        expiry = self._clock() + ttl_s
+        for backend, mine in held.items():
+            leases = self._live(backend)
+            for lease, weight in mine.items():
+                if lease in leases:
+                    leases[lease] = (expiry, weight)
+        return {backend: self._totals(backend) for backend in held}
+
+    async def load_totals(self, backend: str) -> LoadTotals:
+        return self._totals(backend)
 
     async def wait_for_change(self, timeout_s: float) -> None:
         with contextlib.suppress(TimeoutError):

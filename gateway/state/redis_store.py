@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import math
+import uuid
+from collections.abc import Mapping
+from typing import Any
 
 import redis.asyncio as redis
 from redis.asyncio.client import PubSub
@@ -11,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.state.keys import Keys
+from gateway.state.load import AdmissionRule, Grant, LeaseWeight, LoadTotals
 from gateway.state.store import StaleVersion, StoreUnavailable, Versioned
 
 # Compare-and-set of the config.
@@ -28,33 +34,140 @@ redis.call('PUBLISH', KEYS[2], new)
 return {1, new}
 """
 
-# One in-flight slot on a backend, across replicas.
-# KEYS[1]: sorted set of lease ids scored by expiry (ms, Redis server time).
-# ARGV[1]: lease id. ARGV[2]: limit. ARGV[3]: ttl in ms.
-# Returns 1 when the lease holds a slot (new or renewed), 0 when all are taken.
-ACQUIRE_SLOT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local held = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not held and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
-  return 0
+# Shared Lua helpers: the clock, dropping lapsed leases, and totalling a backend's leases.
+# A backend's leases live in two keys: a sorted set of lease ids scored by expiry (ms, Redis
+# server time) and a hash of lease id -> "kv_tokens context tpot_us" (tpot_us -1: none).
+_LEASE_LIB = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 2)
-return 1
+local function drop_lapsed(expiry, weights, now)
+  local lapsed = redis.call('ZRANGEBYSCORE', expiry, '-inf', now)
+  for _, id in ipairs(lapsed) do redis.call('HDEL', weights, id) end
+  redis.call('ZREMRANGEBYSCORE', expiry, '-inf', now)
+end
+local function totals(weights, skip)
+  local count, kv, ctx, tight = 0, 0, 0, -1
+  local found = false
+  local fields = redis.call('HGETALL', weights)
+  for i = 1, #fields, 2 do
+    if fields[i] == skip then
+      found = true
+    else
+      local k, c, p = string.match(fields[i + 1], '(%S+) (%S+) (%S+)')
+      count = count + 1
+      kv = kv + tonumber(k)
+      ctx = ctx + tonumber(c)
+      p = tonumber(p)
+      if p >= 0 and (tight < 0 or p < tight) then tight = p end
+    end
+  end
+  return count, kv, ctx, tight, found
+end
+local function hold(expiry, weights, id, weight, now, ttl)
+  redis.call('ZADD', expiry, now + ttl, id)
+  redis.call('HSET', weights, id, weight)
+  redis.call('PEXPIRE', expiry, ttl * 2)
+  redis.call('PEXPIRE', weights, ttl * 2)
+end
 """
 
-# Slots in use on a backend once expired leases are dropped.
-# KEYS[1]: the backend's lease set. Returns the count.
-COUNT_SLOTS = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-return redis.call('ZCARD', KEYS[1])
+# Admit one lease if the backend, with every replica's leases and this one, passes the VBS
+# rule of gateway/state/load.py (``admits``, which this mirrors).
+# KEYS[1], KEYS[2]: the backend's lease expiry set and weight hash.
+# ARGV: 1 lease id, 2 ttl ms, 3 weight ("kv ctx tpot_us"), 4 max in flight,
+#   5 KV capacity (-1: unknown), 6 epsilon, 7 margin, 8..11 ITL a b c d in s ('' if no VBS).
+# Returns {admitted, count, kv, ctx, tightest tpot_us (-1: none)} after the decision.
+ADMIT_LEASE = (
+    _LEASE_LIB
+    + """
+local now, ttl = now_ms(), tonumber(ARGV[2])
+drop_lapsed(KEYS[1], KEYS[2], now)
+local count, kv, ctx, tight, renewing = totals(KEYS[2], ARGV[1])
+local k, c, p = string.match(ARGV[3], '(%S+) (%S+) (%S+)')
+k, c, p = tonumber(k), tonumber(c), tonumber(p)
+local held_tight = tight
+if p >= 0 and (tight < 0 or p < tight) then tight = p end
+local ok = renewing or count + 1 <= tonumber(ARGV[4])
+local capacity = tonumber(ARGV[5])
+if ok and not renewing and capacity >= 0 and kv + k > capacity then ok = false end
+if ok and not renewing and ARGV[8] ~= '' and tight >= 0 then
+  local n = count + 1
+  local mean = (ctx + c) / n
+  local itl = tonumber(ARGV[8]) * n * mean + tonumber(ARGV[9]) * n
+    + tonumber(ARGV[10]) * mean + tonumber(ARGV[11])
+  if itl < 1e-4 then itl = 1e-4 end
+  if tonumber(ARGV[6]) * itl > tonumber(ARGV[7]) * tight / 1e6 then ok = false end
+end
+if not ok then return {0, count, kv, ctx, held_tight} end
+hold(KEYS[1], KEYS[2], ARGV[1], ARGV[3], now, ttl)
+return {1, count + 1, kv + k, ctx + c, tight}
 """
+)
+
+# Renew a replica's leases and total every named backend.
+# KEYS[1]: the store's epoch key; then per backend its lease expiry set and weight hash.
+# ARGV[1]: ttl ms. ARGV[2]: the epoch the replica last saw. ARGV[3]: a fresh epoch, used if
+#   the key is missing (the store lost its state). ARGV[3 + i]: the replica's leases on
+#   backend i, JSON [[id, "weight"], ...].
+# A lease is renewed if present; all are registered again when the epoch is not the one the
+# replica saw. Returns {epoch, then per backend count, kv, ctx, tightest tpot_us}.
+SYNC_LEASES = (
+    _LEASE_LIB
+    + """
+local now, ttl = now_ms(), tonumber(ARGV[1])
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[3]
+  redis.call('SET', KEYS[1], epoch)
+end
+local register = epoch ~= ARGV[2]
+local out = {epoch}
+for i = 1, (#KEYS - 1) / 2 do
+  local expiry, weights = KEYS[2 * i], KEYS[2 * i + 1]
+  drop_lapsed(expiry, weights, now)
+  for _, lease in ipairs(cjson.decode(ARGV[3 + i])) do
+    if register or redis.call('ZSCORE', expiry, lease[1]) then
+      hold(expiry, weights, lease[1], lease[2], now, ttl)
+    end
+  end
+  local count, kv, ctx, tight = totals(weights, '')
+  table.insert(out, count)
+  table.insert(out, kv)
+  table.insert(out, ctx)
+  table.insert(out, tight)
+end
+return out
+"""
+)
+
+# Totals of one backend's live leases. KEYS[1], KEYS[2]: its expiry set and weight hash.
+LOAD_TOTALS = (
+    _LEASE_LIB
+    + """
+drop_lapsed(KEYS[1], KEYS[2], now_ms())
+local count, kv, ctx, tight = totals(KEYS[2], '')
+return {count, kv, ctx, tight}
+"""
+)
+
+
+def _weight(weight: LeaseWeight) -> str:
+    tpot_us = round(weight.tpot_s * 1e6) if math.isfinite(weight.tpot_s) else -1
+    return f"{weight.kv_tokens} {weight.context} {tpot_us}"
+
+
+def _totals(values: list[Any]) -> LoadTotals:
+    count, kv, ctx, tight = (int(v) for v in values)
+    return LoadTotals(count, kv, ctx, tight / 1e6 if tight >= 0 else math.inf)
+
 
 _DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
 
 
 class RedisStore:
@@ -67,8 +180,10 @@ class RedisStore:
         )
         self.keys = Keys(prefix)
         self._put = self._redis.register_script(PUT_CONFIG)
-        self._acquire = self._redis.register_script(ACQUIRE_SLOT)
-        self._count = self._redis.register_script(COUNT_SLOTS)
+        self._admit = self._redis.register_script(ADMIT_LEASE)
+        self._sync = self._redis.register_script(SYNC_LEASES)
+        self._load = self._redis.register_script(LOAD_TOTALS)
+        self._epoch = ""  # the store epoch last seen; "" until the first sync
         self._pubsub: PubSub | None = None
 
     async def get_config(self) -> Versioned | None:
@@ -92,24 +207,56 @@ class RedisStore:
             raise StaleVersion(int(version))
         return int(version)
 
-    async def acquire_slot(self, backend: str, lease: str, limit: int, ttl_s: float) -> bool:
+    def _lease_keys(self, backend: str) -> list[str]:
+        return [self.keys.lease_expiry(backend), self.keys.lease_weights(backend)]
+
+    async def admit_lease(
+        self, backend: str, lease: str, weight: LeaseWeight, rule: AdmissionRule, ttl_s: float
+    ) -> Grant:
+        itl = rule.itl
+        vbs = [repr(x) for x in (itl.a, itl.b, itl.c, itl.d)] if itl else ["", "", "", ""]
+        capacity = rule.kv_capacity if rule.kv_capacity is not None else -1
+        args: list[str | int] = [lease, _ms(ttl_s), _weight(weight), rule.max_in_flight]
+        args += [capacity, repr(rule.epsilon), repr(rule.margin), *vbs]
         try:
-            granted = await self._acquire(
-                keys=[self.keys.inflight(backend)], args=[lease, limit, int(ttl_s * 1000)]
+            answer = await self._admit(keys=self._lease_keys(backend), args=args)
+        except _DOWN as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return Grant(bool(answer[0]), _totals(answer[1:]))
+
+    async def release_lease(self, backend: str, lease: str) -> None:
+        expiry, weights = self._lease_keys(backend)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(expiry, lease)
+                pipe.hdel(weights, lease)
+                await pipe.execute()
+        except _DOWN as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def sync_leases(
+        self, held: Mapping[str, Mapping[str, LeaseWeight]], ttl_s: float
+    ) -> dict[str, LoadTotals]:
+        backends = list(held)
+        keys = [self.keys.epoch]
+        for backend in backends:
+            keys += self._lease_keys(backend)
+        leases = [
+            json.dumps([[lease, _weight(w)] for lease, w in held[b].items()]) for b in backends
+        ]
+        try:
+            answer = await self._sync(
+                keys=keys, args=[_ms(ttl_s), self._epoch, uuid.uuid4().hex, *leases]
             )
         except _DOWN as exc:
+            self._epoch = ""  # leases may lapse while away: register them again on return
             raise StoreUnavailable(str(exc)) from exc
-        return bool(granted)
+        self._epoch = str(answer[0])
+        return {b: _totals(answer[1 + 4 * i : 5 + 4 * i]) for i, b in enumerate(backends)}
 
-    async def release_slot(self, backend: str, lease: str) -> None:
+    async def load_totals(self, backend: str) -> LoadTotals:
         try:
-            await self._redis.zrem(self.keys.inflight(backend), lease)
-        except _DOWN as exc:
-            raise StoreUnavailable(str(exc)) from exc
-
-    async def slots_in_use(self, backend: str) -> int:
-        try:
-            return int(await self._count(keys=[self.keys.inflight(backend)]))
+            return _totals(await self._load(keys=self._lease_keys(backend)))
         except _DOWN as exc:
             raise StoreUnavailable(str(exc)) from exc
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
+
+from gateway.state.load import AdmissionRule, Grant, LeaseWeight, LoadTotals
 
 
 class StaleVersion(Exception):
@@ -36,14 +39,26 @@ class Store(Protocol):
         return the new version, or raise StaleVersion."""
         ...
 
-    async def acquire_slot(self, backend: str, lease: str, limit: int, ttl_s: float) -> bool:
-        """Take one of ``limit`` in-flight slots on ``backend`` for ``lease``, across all
-        replicas; a slot not released within ``ttl_s`` (a crashed replica) is reclaimed."""
+    async def admit_lease(
+        self, backend: str, lease: str, weight: LeaseWeight, rule: AdmissionRule, ttl_s: float
+    ) -> Grant:
+        """Record ``lease`` on ``backend`` if the backend, with every replica's leases and
+        this one, passes ``rule``: checked and recorded atomically. Renewing a lease already
+        held always succeeds. A lease not renewed within ``ttl_s`` (its replica died) lapses."""
         ...
 
-    async def release_slot(self, backend: str, lease: str) -> None: ...
+    async def release_lease(self, backend: str, lease: str) -> None: ...
 
-    async def slots_in_use(self, backend: str) -> int: ...
+    async def sync_leases(
+        self, held: Mapping[str, Mapping[str, LeaseWeight]], ttl_s: float
+    ) -> dict[str, LoadTotals]:
+        """Renew this replica's leases (backend -> lease -> weight) and return each named
+        backend's totals over all replicas. Where the store lost its state (it restarted
+        empty), or this replica could not reach it for a while, the leases are registered
+        again, whatever the rule: they are in flight already."""
+        ...
+
+    async def load_totals(self, backend: str) -> LoadTotals: ...
 
     async def wait_for_change(self, timeout_s: float) -> None:
         """Return when a config change is announced, or after ``timeout_s`` at the latest
