@@ -188,7 +188,7 @@ class Proxy:
                     lease.backend, lease.ticket, lease_weight(wanted), self._rule(lease.owner)
                 )
             except BaseException:
-                self._scheduler.release(lease)
+                self._release(lease)
                 raise
             if grant.admitted:
                 return lease

@@ -7,13 +7,13 @@ every replica's leases in one atomic step. So replicas together never push a bac
 what one gateway would admit. Per request that is two store round trips (admit, release);
 besides, each replica renews its leases and reads every backend's totals once per sync
 interval, in one round trip. With the store unreachable a replica admits on its own
-accounting, and registers its leases again when the store returns.
+accounting, and when the store returns it registers its leases again and repeats the
+releases the store missed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Iterable
@@ -32,6 +32,7 @@ class LoadSharing:
         self._held: dict[str, dict[str, LeaseWeight]] = {}
         self._others: dict[str, LoadTotals] = {}
         self._pending: set[asyncio.Task[None]] = set()
+        self._unreleased: set[tuple[str, str]] = set()  # releases the store did not take
         self.reachable = True
 
     def lease_id(self, ticket: int) -> str:
@@ -61,17 +62,27 @@ class LoadSharing:
         return grant
 
     def give_back(self, backend: str, ticket: int) -> None:
-        """Release in the background: the request's handler may be ending by cancellation."""
+        """Release in the background: the request's handler may be ending by cancellation.
+        Also for a lease whose admission was interrupted: the store may have recorded it."""
         lease = self.lease_id(ticket)
-        if self._held.get(backend, {}).pop(lease, None) is None:
-            return
+        self._held.get(backend, {}).pop(lease, None)
+        self._release_later(backend, lease)
+
+    def _release_later(self, backend: str, lease: str) -> None:
         task = asyncio.get_running_loop().create_task(self._release(backend, lease))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
     async def _release(self, backend: str, lease: str) -> None:
-        with contextlib.suppress(StoreUnavailable):  # if so, the lease lapses after its TTL
+        try:
             await self._store.release_lease(backend, lease)
+        except StoreUnavailable:
+            self._unreleased.add((backend, lease))  # tried again at each sync
+
+    async def _release_unreleased(self) -> None:
+        for backend, lease in list(self._unreleased):
+            await self._store.release_lease(backend, lease)
+            self._unreleased.discard((backend, lease))
 
     async def sync(self, backends: Iterable[str]) -> None:
         """Renew this replica's leases and refresh the other replicas' load per backend."""
@@ -79,6 +90,7 @@ class LoadSharing:
         for name, leases in self._held.items():
             held.setdefault(name, dict(leases))  # a drained backend's leases too
         try:
+            await self._release_unreleased()
             totals = await self._store.sync_leases(held, self._ttl_s)
         except StoreUnavailable as exc:
             self._unreachable(exc)
@@ -90,6 +102,11 @@ class LoadSharing:
             name: total.minus(LoadTotals.of(list(held[name].values())))
             for name, total in totals.items()
         }
+        # A lease released while this sync was on its way may just have been registered
+        # again (after a store restart): release it once more.
+        for name, leases in held.items():
+            for lease in leases.keys() - self._held.get(name, {}).keys():
+                self._release_later(name, lease)
 
     async def run(
         self, backends: Callable[[], Iterable[str]], interval_s: float, then: Callable[[], None]
