@@ -1,4 +1,7 @@
-"""The ``sluice`` command."""
+"""The ``sluice`` command.
+
+The server's modules are imported when ``serve`` runs, so that ``sluice admin`` and
+``sluice predictor`` start quickly."""
 
 from __future__ import annotations
 
@@ -9,15 +12,14 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
-from gateway.app import build_app, start_server
-from gateway.config import GatewayConfig, load_config
-from gateway.settings import Settings
-from predictor import artifact
+from gateway import admin_cli
 from predictor import cli as predictor_cli
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
+    from gateway.settings import Settings
 
 log = logging.getLogger("sluice")
 
@@ -31,10 +33,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on; 0 picks a free one")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
     predictor_cli.add_commands(commands)
+    admin_cli.add_commands(commands)
     return parser
 
 
 async def _serve(settings: Settings, config: GatewayConfig) -> None:
+    from gateway.app import build_app, start_server
+
     server = await start_server(build_app(settings, config), settings.host, settings.port)
     # One line on stdout, so that a parent process can learn the port it got.
     print(f"sluice listening on {server.url}", flush=True)
@@ -62,6 +67,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "predictor":
         return predictor_cli.run(args)
+    if args.command == "admin":
+        return admin_cli.run(args)
+    return _serve_command(args)
+
+
+def _serve_command(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from gateway.config import GatewayConfig, load_config
+    from gateway.settings import Settings
+    from predictor import artifact
+
     overrides = {
         key: value
         for key, value in (

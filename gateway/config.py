@@ -79,13 +79,24 @@ class ModelConfig(_Frozen):
     default_class: Name | None = None
 
 
+BackendState = Literal["active", "draining", "disabled"]
+
+
 class BackendConfig(_Frozen):
+    """One backend. ``models``, when set, is what it is meant to serve: it takes a model's
+    traffic once its own ``/v1/models`` lists that model too (or an adapter of it), so a
+    backend can be retargeted before it has been restarted on the new model. ``state``:
+    ``active`` takes traffic; ``draining`` takes none new and finishes what it has;
+    ``disabled`` takes none."""
+
     name: Name
     url: HttpUrl
     engine: str = "vllm"
     models: tuple[Name, ...] = Field(
-        default=(), description="Models served before discovery answers; discovery wins."
+        default=(), description="Models it is meant to serve; empty: whatever it lists."
     )
+    pool: Name | None = Field(default=None, description="Its pool; the model's own if unset.")
+    state: BackendState = "active"
     max_in_flight: int = Field(default=256, ge=1, le=100_000)
     weight: float = Field(default=1.0, gt=0)
     api_key: str | None = None

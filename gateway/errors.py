@@ -85,6 +85,18 @@ class BackendExists(SluiceError):
     code = "backend_exists"
 
 
+class ClassNotFound(SluiceError):
+    status = 404
+    error_type = "invalid_request_error"
+    code = "slo_class_not_found"
+
+
+class ClassInUse(SluiceError):
+    status = 409
+    error_type = "conflict"
+    code = "slo_class_in_use"
+
+
 class StaleConfig(SluiceError):
     """A config write named a version that is no longer current."""
 
@@ -133,6 +145,14 @@ class NoBackendAvailable(SluiceError):
     status = 503
     error_type = "service_unavailable"
     code = "no_backend_available"
+
+
+class SharedStateUnavailable(SluiceError):
+    """The shared store cannot be reached: config writes wait until it is back."""
+
+    status = 503
+    error_type = "service_unavailable"
+    code = "shared_state_unavailable"
 
 
 class UpstreamTimeout(SluiceError):

@@ -93,8 +93,8 @@ class Backend:
 
     @property
     def routable(self) -> bool:
-        """Takes new requests: healthy and not draining."""
-        return self.healthy and not self.draining
+        """Takes new requests: healthy, active, and not leaving the config."""
+        return self.healthy and not self.draining and self.config.state == "active"
 
     @property
     def kv_capacity(self) -> int | None:
@@ -136,10 +136,17 @@ class Backend:
 
     @property
     def models(self) -> frozenset[str]:
-        """What it serves: discovery's answer once there is one, the configured list before."""
-        if self.discovered is not None:
+        """What it serves. Before discovery answers: the configured list. After: what it lists,
+        narrowed to the configured models (and their adapters) when there are any."""
+        configured = frozenset(self.config.models)
+        if self.discovered is None:
+            return configured
+        if not configured:
             return self.discovered
-        return frozenset(self.config.models)
+        parents = {card.get("id"): card.get("parent") for card in self.model_cards}
+        return frozenset(
+            m for m in self.discovered if m in configured or parents.get(m) in configured
+        )
 
     def serves(self, model: str) -> bool:
         return model in self.models

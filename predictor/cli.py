@@ -1,4 +1,7 @@
-"""``sluice predictor train|evaluate``."""
+"""``sluice predictor train|evaluate|retrain``.
+
+Training and evaluation modules load scikit-learn; they are imported when a command runs, so
+that other ``sluice`` commands start quickly."""
 
 from __future__ import annotations
 
@@ -9,9 +12,6 @@ from pathlib import Path
 
 from predictor import artifact
 from predictor.data import load_samples, split
-from predictor.evaluate import evaluate
-from predictor.online import retrain
-from predictor.train import fit
 
 REPORTS = Path(__file__).resolve().parent / "reports"
 
@@ -47,6 +47,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run(args: argparse.Namespace) -> int:
+    from predictor.evaluate import evaluate
+    from predictor.train import fit
+
     if args.predictor_command == "retrain":
         return _retrain(args)
     try:
@@ -87,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _retrain(args: argparse.Namespace) -> int:
+    from predictor.online import retrain
+
     try:
         recent = load_samples(args.samples)
         base = load_samples(args.data) if args.data else []

@@ -95,7 +95,7 @@ class Scheduler:
         self._fleet = fleet
         self.policy = policy
         self._clock = clock
-        self._peer_load = peer_load  # other gateway replicas' load per backend
+        self.peer_load = peer_load  # other gateway replicas' load per backend
         self._waiting: dict[int, _Ticket] = {}
         self._ids = itertools.count(1)
 
@@ -194,7 +194,7 @@ class Scheduler:
                 b.itl.params,
                 b.kv_capacity,
                 b.dispatched,
-                self._peer_load(b.name),
+                self.peer_load(b.name),
             )
             for b in self._fleet
         ]

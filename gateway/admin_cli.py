@@ -1,0 +1,183 @@
+"""``sluice admin``: the admin REST API from the command line.
+
+Every command is one or two HTTP calls to a running gateway (``--url``, default
+``$SLUICE_ADMIN_URL`` or http://127.0.0.1:8080) with ``--token`` (default
+``$SLUICE_ADMIN_TOKEN``). It prints the answer as JSON; an error answer is printed to stderr
+and exits 1, a gateway that cannot be reached exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+class AdminError(Exception):
+    def __init__(self, status: int, body: Any) -> None:
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        message = error.get("message") or str(body)
+        super().__init__(f"{status} {error.get('code') or ''}: {message}".replace(" :", ":"))
+
+
+def add_commands(commands: Any) -> None:
+    admin = commands.add_parser("admin", help="change a running gateway through its admin API")
+    admin.add_argument("--url", default=os.environ.get("SLUICE_ADMIN_URL", DEFAULT_URL))
+    admin.add_argument("--token", default=os.environ.get("SLUICE_ADMIN_TOKEN"))
+    admin.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    groups = admin.add_subparsers(dest="group", required=True)
+
+    config = groups.add_parser("config", help="the whole config").add_subparsers(
+        dest="action", required=True
+    )
+    config.add_parser("get", help="print the config and its ETag")
+    put = config.add_parser("put", help="replace the config from a YAML or JSON file")
+    put.add_argument("file", type=Path)
+    put.add_argument("--if-match", required=True, help="the ETag of the config you edited")
+
+    backends = groups.add_parser("backends", help="backends").add_subparsers(
+        dest="action", required=True
+    )
+    backends.add_parser("list")
+    add = backends.add_parser("add", help="add a backend")
+    add.add_argument("name")
+    add.add_argument("backend_url", metavar="URL", help="the backend's base URL")
+    _backend_options(add)
+    patch = backends.add_parser("set", help="change a backend's settings")
+    patch.add_argument("name")
+    _backend_options(patch)
+    patch.add_argument("--url", dest="backend_url")
+    for verb, state in (("drain", "draining"), ("disable", "disabled"), ("activate", "active")):
+        parser = backends.add_parser(verb, help=f"set the backend {state}")
+        parser.add_argument("name")
+        parser.set_defaults(state=state)
+    retarget = backends.add_parser("retarget", help="move a backend to other models or a pool")
+    retarget.add_argument("name")
+    retarget.add_argument("--model", action="append", dest="models", default=None)
+    retarget.add_argument("--pool")
+    remove = backends.add_parser("remove", help="drain a backend, then remove it")
+    remove.add_argument("name")
+
+    classes = groups.add_parser("classes", help="SLO classes").add_subparsers(
+        dest="action", required=True
+    )
+    classes.add_parser("list")
+    set_class = classes.add_parser("set", help="create or replace an SLO class")
+    set_class.add_argument("name")
+    set_class.add_argument("--ttft-ms", type=float, required=True)
+    set_class.add_argument("--tpot-ms", type=float, required=True)
+    set_class.add_argument("--best-effort", action="store_true", help="serve, never reject")
+    delete_class = classes.add_parser("delete")
+    delete_class.add_argument("name")
+
+    groups.add_parser("stats", help="queues, backends, latency models")
+    predictor = groups.add_parser("predictor", help="the length model").add_subparsers(
+        dest="action", required=True
+    )
+    predictor.add_parser("info")
+    predictor.add_parser("retrain")
+    groups.add_parser("openapi", help="print the admin API's OpenAPI document")
+
+
+def _backend_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-in-flight", type=int)
+    parser.add_argument("--weight", type=float)
+    parser.add_argument("--model", action="append", dest="models", default=None)
+    parser.add_argument("--pool")
+    parser.add_argument("--kv-capacity-tokens", type=int)
+    parser.add_argument("--api-key")
+    parser.add_argument("--priority-scheduling", action="store_true", default=None)
+
+
+def _backend_fields(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("max_in_flight", "weight", "models", "pool", "kv_capacity_tokens", "api_key")
+    fields = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    if getattr(args, "priority_scheduling", None):
+        fields["priority_scheduling"] = True
+    if getattr(args, "backend_url", None) is not None:
+        fields["url"] = args.backend_url
+    return fields
+
+
+def _request(args: argparse.Namespace) -> tuple[str, str, Any, dict[str, str]]:
+    """The HTTP call a command makes: method, path, JSON body, extra headers."""
+    group, action = args.group, getattr(args, "action", None)
+    if group == "config":
+        if action == "get":
+            return "GET", "/admin/config", None, {}
+        text = args.file.read_text(encoding="utf-8")
+        body = json.loads(text) if args.file.suffix == ".json" else yaml.safe_load(text)
+        return "PUT", "/admin/config", body, {"If-Match": args.if_match}
+    if group == "backends":
+        if action == "list":
+            return "GET", "/admin/backends", None, {}
+        if action == "add":
+            return "POST", "/admin/backends", {"name": args.name}, {}
+        path = f"/admin/backends/{args.name}"
+        if action == "remove":
+            return "DELETE", path, None, {}
+        if action in ("drain", "disable", "activate"):
+            return "PATCH", path, {"state": args.state}, {}
+        return "PATCH", path, {}, {}
+    if group == "classes":
+        if action == "list":
+            return "GET", "/admin/slo-classes", None, {}
+        path = f"/admin/slo-classes/{args.name}"
+        if action == "delete":
+            return "DELETE", path, None, {}
+        body = {
+            "ttft_ms": args.ttft_ms,
+            "tpot_ms": args.tpot_ms,
+            "on_unattainable": "best_effort" if args.best_effort else "reject",
+        }
+        return "PUT", path, body, {}
+    if group == "predictor":
+        if action == "info":
+            return "GET", "/admin/predictor", None, {}
+        return "POST", "/admin/predictor/retrain", None, {}
+    if group == "stats":
+        return "GET", "/admin/stats", None, {}
+    return "GET", "/admin/openapi.json", None, {}
+
+
+def call(args: argparse.Namespace) -> Any:
+    method, path, body, headers = _request(args)
+    if args.group == "backends" and args.action in ("add", "set", "retarget"):
+        body = {**body, **_backend_fields(args)}
+    if args.token:
+        headers["Authorization"] = f"Bearer {args.token}"
+    with httpx.Client(base_url=args.url.rstrip("/"), timeout=args.timeout) as client:
+        response = client.request(method, path, json=body, headers=headers)
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = response.text
+    if response.status_code >= 400:
+        raise AdminError(response.status_code, answer)
+    if "ETag" in response.headers and isinstance(answer, dict):
+        answer = {"etag": response.headers["ETag"], **answer}
+    return answer
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        answer = call(args)
+    except AdminError as exc:
+        print(f"sluice admin: {exc}", file=sys.stderr)
+        return 1
+    except httpx.HTTPError as exc:
+        print(f"sluice admin: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        print(f"sluice admin: {exc}", file=sys.stderr)
+        return 2
+    print(answer if isinstance(answer, str) else json.dumps(answer, indent=2))
+    return 0

@@ -1,0 +1,65 @@
+"""What an operator reads of a running gateway: queues, backends, their latency models."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from typing import Any
+
+from aiohttp import web
+
+from gateway.api.openai import RUNTIME
+from gateway.state.load import LoadTotals
+
+
+def _peers(totals: LoadTotals) -> dict[str, Any]:
+    """Other replicas' load on a backend, as last synced."""
+    return {
+        "in_flight": totals.count,
+        "kv_reserved_tokens": totals.kv_tokens,
+        "context_tokens": totals.context,
+        "tightest_tpot_ms": totals.min_tpot_s * 1000 if math.isfinite(totals.min_tpot_s) else None,
+    }
+
+
+def backend_stats(request: web.Request) -> list[dict[str, Any]]:
+    services = request.app[RUNTIME].services
+    rows = []
+    for b in services.fleet:
+        batch, context = b.decoding()
+        rows.append(
+            {
+                "name": b.name,
+                "url": b.config.base_url,
+                "state": "removing" if b.draining else b.config.state,
+                "pool": b.config.pool,
+                "healthy": b.healthy,
+                "routable": b.routable,
+                "models": sorted(b.models),
+                "in_flight": b.in_flight,
+                "decoding": batch,
+                "mean_context": context,
+                "pending_prefill_tokens": b.pending_prefill(),
+                "kv_capacity_tokens": b.kv_capacity,
+                "kv_reserved_tokens": sum(r.reserved_kv for r in b.inflight.values()),
+                "other_replicas": _peers(services.scheduler.peer_load(b.name)),
+                "engine": asdict(b.load) if b.load is not None else None,
+                "latency_models": {
+                    "prefill": {**asdict(b.prefill.params), "observations": b.prefill.observations},
+                    "itl": {**asdict(b.itl.params), "observations": b.itl.observations},
+                },
+                "last_error": b.last_error,
+            }
+        )
+    return rows
+
+
+async def stats(request: web.Request) -> web.Response:
+    services = request.app[RUNTIME].services
+    return web.json_response(
+        {
+            "config_version": services.config_version,
+            "queues": dict(services.scheduler.queue_depths()),
+            "backends": backend_stats(request),
+        }
+    )
