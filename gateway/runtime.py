@@ -15,6 +15,7 @@ from aiohttp import web
 from adapters.base import Timeouts
 from gateway.config import BackendConfig, GatewayConfig, SchedulerConfig
 from gateway.fleet import Backend, Fleet, background, make_adapter
+from gateway.learning import SharedLearning
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import Proxy
 from gateway.records import RecordLog
@@ -44,6 +45,7 @@ class Services:
     lengths_version: str = "packaged"
     store: Store | None = None
     config_version: int = 0
+    learning: SharedLearning | None = None  # with replicas: samples and models shared
 
 
 log = logging.getLogger(__name__)
@@ -131,6 +133,7 @@ class Runtime:
             loaded.version,
             store,
             version,
+            SharedLearning(store, samples, keep=s.samples_kept) if s.redis_url else None,
         )
         await fleet.probe_all()
         tick_s = self.config.scheduler.tick_ms / 1000
@@ -139,6 +142,20 @@ class Runtime:
             asyncio.create_task(background("ticks", lambda: scheduler.run_ticks(tick_s))),
             asyncio.create_task(background("config", self._watch_config)),
         ]
+        learning = self._services.learning
+        if learning is not None:
+            tasks.append(
+                asyncio.create_task(
+                    background(
+                        "learning",
+                        lambda: learning.run(
+                            lambda: self.services.lengths_version,
+                            self.swap_lengths,
+                            s.learning_sync_s,
+                        ),
+                    )
+                )
+            )
         if sharing is not None:
 
             def names() -> list[str]:
@@ -184,6 +201,10 @@ class Runtime:
         except StoreUnavailable as exc:
             log.warning("shared state unreachable, serving the file's config: %s", exc)
         return self.config, 0
+
+    def swap_lengths(self, loaded: artifact.Artifact) -> None:
+        self.services.lengths = loaded.model
+        self.services.lengths_version = loaded.version
 
     def apply(self, config: GatewayConfig, version: int) -> None:
         """Swap in a config snapshot: requests in flight keep the one they started with."""

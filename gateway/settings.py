@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     shared_sync_s: float = Field(
         default=0.2, gt=0, description="How often a replica renews its leases and reads others'."
     )
+    learning_sync_s: float = Field(
+        default=1.0, gt=0, description="How often samples are shared and shared models looked for."
+    )
     config_poll_s: float = Field(default=0.5, gt=0, description="Longest a config change waits.")
     admin_token: str | None = Field(
         default=None,

@@ -46,51 +46,74 @@ def _schema() -> dict[str, Any]:
     }
 
 
-def save(
-    model: LengthModel, manifest_path: Path, *, version: str, training: dict[str, Any]
-) -> None:
-    """Write ``NAME.npz`` and its manifest ``NAME.json``."""
+def encode(
+    model: LengthModel, *, version: str, training: dict[str, Any], weights_name: str
+) -> tuple[dict[str, Any], bytes]:
+    """The manifest and the weights' bytes of ``model``."""
     buffer = io.BytesIO()
     arrays = model.arrays()
     arrays["ridge_idf"] = arrays["ridge_idf"].astype(np.float32)
     arrays["ridge_coef"] = arrays["ridge_coef"].astype(np.float32)
     np.savez_compressed(buffer, allow_pickle=False, **arrays)
     data = buffer.getvalue()
-    weights = manifest_path.with_suffix(".npz")
-    weights.write_bytes(data)
     manifest = {
         "format": FORMAT,
         "version": version,
         "schema": _schema(),
-        "weights": weights.name,
+        "weights": weights_name,
         "sha256": hashlib.sha256(data).hexdigest(),
         "training": training,
     }
+    return manifest, data
+
+
+def save(
+    model: LengthModel, manifest_path: Path, *, version: str, training: dict[str, Any]
+) -> None:
+    """Write ``NAME.npz`` and its manifest ``NAME.json``."""
+    weights = manifest_path.with_suffix(".npz")
+    manifest, data = encode(model, version=version, training=training, weights_name=weights.name)
+    weights.write_bytes(data)
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def load(manifest_path: Path = PACKAGED) -> Artifact:
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        manifest_text = manifest_path.read_text()
+    except OSError as exc:
         raise ArtifactError(f"cannot read model manifest {manifest_path}: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ArtifactError(f"{manifest_path} is not a {FORMAT} manifest")
-    if manifest.get("schema") != _schema():
-        raise ArtifactError(
-            f"{manifest_path} was trained on feature schema {manifest.get('schema')}, "
-            f"this build computes {_schema()}"
-        )
+    manifest = check_manifest(manifest_text, str(manifest_path))
     weights = manifest_path.parent / str(manifest.get("weights", ""))
     try:
         data = weights.read_bytes()
     except OSError as exc:
         raise ArtifactError(f"cannot read model weights {weights}: {exc}") from exc
+    return decode(manifest, data, str(weights))
+
+
+def check_manifest(text: str, where: str) -> dict[str, Any]:
+    """A manifest of this format and this build's feature schema, or ArtifactError."""
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"cannot read model manifest {where}: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{where} is not a {FORMAT} manifest")
+    if manifest.get("schema") != _schema():
+        raise ArtifactError(
+            f"{where} was trained on feature schema {manifest.get('schema')}, "
+            f"this build computes {_schema()}"
+        )
+    return manifest
+
+
+def decode(manifest: dict[str, Any], data: bytes, where: str) -> Artifact:
+    """The model from checked ``manifest`` and its weights' bytes, if their hash matches."""
     if hashlib.sha256(data).hexdigest() != manifest.get("sha256"):
-        raise ArtifactError(f"{weights} does not match the SHA-256 in {manifest_path}")
+        raise ArtifactError(f"{where} does not match the SHA-256 in its manifest")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
             model = LengthModel.from_arrays({k: arrays[k] for k in arrays.files})
     except (ValueError, KeyError, OSError) as exc:
-        raise ArtifactError(f"{weights} is malformed: {exc}") from exc
+        raise ArtifactError(f"{where} is malformed: {exc}") from exc
     return Artifact(model, manifest)

@@ -26,12 +26,25 @@ class SampleLog:
 
     def __init__(self, capacity: int) -> None:
         self._samples: deque[Sample] = deque(maxlen=capacity)
+        self._unshared: deque[Sample] = deque(maxlen=capacity)  # not yet in shared state
 
     def __len__(self) -> int:
         return len(self._samples)
 
     def add(self, group: str, info: PromptInfo, output_tokens: int) -> None:
-        self._samples.append(Sample(group, info, output_tokens))
+        sample = Sample(group, info, output_tokens)
+        self._samples.append(sample)
+        self._unshared.append(sample)
+
+    def take_unshared(self) -> list[Sample]:
+        """The samples added since the last call, for a replica to share."""
+        taken = list(self._unshared)
+        self._unshared.clear()
+        return taken
+
+    def give_back_unshared(self, samples: list[Sample]) -> None:
+        """Samples that could not be shared: offered again next time, oldest first."""
+        self._unshared.extendleft(reversed(samples))
 
     def recent(self) -> list[Sample]:
         return list(self._samples)

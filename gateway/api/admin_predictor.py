@@ -17,7 +17,11 @@ from predictor.online import retrain, to_jsonl
 async def predictor_info(request: web.Request) -> web.Response:
     services = request.app[RUNTIME].services
     return web.json_response(
-        {"version": services.lengths_version, "samples": len(services.samples)}
+        {
+            "version": services.lengths_version,
+            "samples": len(services.samples),  # recorded by this replica
+            "shared": services.learning is not None,
+        }
     )
 
 
@@ -28,7 +32,8 @@ async def predictor_samples(request: web.Request) -> web.Response:
 
 
 async def predictor_retrain(request: web.Request) -> web.Response:
-    """Train on recent traffic blended with the base data; swap only if it scores better."""
+    """Train on recent traffic (every replica's, with shared state) blended with the base
+    data; swap only if it scores better, and then publish it to the other replicas."""
     runtime = request.app[RUNTIME]
     services = runtime.services
     if runtime.retraining.locked():
@@ -36,12 +41,16 @@ async def predictor_retrain(request: web.Request) -> web.Response:
     async with runtime.retraining:
         base_path = runtime.settings.predictor_base_data
         base = await asyncio.to_thread(load_samples, base_path) if base_path else []
-        outcome = await asyncio.to_thread(
-            retrain, services.lengths, base, services.samples.recent()
-        )
+        learning = services.learning
+        recent = await learning.recent() if learning else services.samples.recent()
+        outcome = await asyncio.to_thread(retrain, services.lengths, base, recent)
         if outcome.model is not None:
             services.lengths = outcome.model
-            services.lengths_version = f"retrained-{int(time.time())}"
+            services.lengths_version = f"retrained-{int(time.time() * 1000)}"
+            if learning is not None:
+                await learning.publish(
+                    outcome.model, services.lengths_version, {"retrain": outcome.report()}
+                )
     return web.json_response({**outcome.report(), "version": services.lengths_version})
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+SAMPLES_TTL_S = 7 * 24 * 3600
+
 
 @dataclass(frozen=True, slots=True)
 class Keys:
@@ -18,6 +20,18 @@ class Keys:
     def config_channel(self) -> str:
         """Pub/sub channel announcing a new config version."""
         return f"{self.prefix}:config:changed"
+
+    @property
+    def samples(self) -> str:
+        """List of completed-request samples (JSONL lines), oldest first, trimmed to the newest
+        ``samples_kept``. Refreshed TTL of SAMPLES_TTL_S: traffic long gone is not kept."""
+        return f"{self.prefix}:predictor:samples"
+
+    @property
+    def model(self) -> str:
+        """Hash: the shared length model's ``version``, ``manifest`` and base64 ``weights``.
+        Persistent: replicas started later load it."""
+        return f"{self.prefix}:predictor:model"
 
     @property
     def epoch(self) -> str:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from gateway.state.load import AdmissionRule, Grant, LeaseWeight, LoadTotals, admits
-from gateway.state.store import StaleVersion, Versioned
+from gateway.state.store import ModelBlob, StaleVersion, Versioned
 
 
 class MemoryStore:
@@ -17,6 +17,8 @@ class MemoryStore:
         self._config: Versioned | None = None
         self._changed = asyncio.Event()
         self._leases: dict[str, dict[str, tuple[float, LeaseWeight]]] = {}
+        self._samples: list[str] = []
+        self._model: ModelBlob | None = None
 
     async def get_config(self) -> Versioned | None:
         return self._config
@@ -65,6 +67,22 @@ class MemoryStore:
 
     async def load_totals(self, backend: str) -> LoadTotals:
         return self._totals(backend)
+
+    async def push_samples(self, lines: Sequence[str], keep: int) -> None:
+        self._samples.extend(lines)
+        del self._samples[: max(0, len(self._samples) - keep)]
+
+    async def recent_samples(self) -> list[str]:
+        return list(self._samples)
+
+    async def put_model(self, blob: ModelBlob) -> None:
+        self._model = blob
+
+    async def model_version(self) -> str | None:
+        return self._model.version if self._model is not None else None
+
+    async def get_model(self) -> ModelBlob | None:
+        return self._model
 
     async def wait_for_change(self, timeout_s: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as redis
@@ -15,9 +16,9 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.state.keys import Keys
+from gateway.state.keys import SAMPLES_TTL_S, Keys
 from gateway.state.load import AdmissionRule, Grant, LeaseWeight, LoadTotals
-from gateway.state.store import StaleVersion, StoreUnavailable, Versioned
+from gateway.state.store import ModelBlob, StaleVersion, StoreUnavailable, Versioned
 
 # Compare-and-set of the config.
 # KEYS[1]: config hash (fields version, payload). KEYS[2]: change channel.
@@ -259,6 +260,51 @@ class RedisStore:
             return _totals(await self._load(keys=self._lease_keys(backend)))
         except _DOWN as exc:
             raise StoreUnavailable(str(exc)) from exc
+
+    async def push_samples(self, lines: Sequence[str], keep: int) -> None:
+        if not lines:
+            return
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.rpush(self.keys.samples, *lines)
+                pipe.ltrim(self.keys.samples, -keep, -1)
+                pipe.expire(self.keys.samples, SAMPLES_TTL_S)
+                await pipe.execute()
+        except _DOWN as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def recent_samples(self) -> list[str]:
+        try:
+            return [str(line) for line in await self._redis.lrange(self.keys.samples, 0, -1)]
+        except _DOWN as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def put_model(self, blob: ModelBlob) -> None:
+        weights = base64.b64encode(blob.weights).decode("ascii")
+        try:
+            await self._redis.hset(
+                self.keys.model,
+                mapping={"version": blob.version, "manifest": blob.manifest, "weights": weights},
+            )
+        except _DOWN as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def model_version(self) -> str | None:
+        try:
+            found = await self._redis.hget(self.keys.model, "version")
+        except _DOWN as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return None if found is None else str(found)
+
+    async def get_model(self) -> ModelBlob | None:
+        try:
+            found = await self._redis.hgetall(self.keys.model)
+        except _DOWN as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        if not found:
+            return None
+        weights = base64.b64decode(found["weights"])
+        return ModelBlob(str(found["version"]), str(found["manifest"]), weights)
 
     async def wait_for_change(self, timeout_s: float) -> None:
         try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,8 +27,17 @@ class Versioned:
     payload: str
 
 
+@dataclass(frozen=True, slots=True)
+class ModelBlob:
+    """A length model as the replicas share it: its version, manifest and weights."""
+
+    version: str
+    manifest: str
+    weights: bytes
+
+
 class Store(Protocol):
-    """Versioned config and cross-replica load accounting."""
+    """Versioned config, cross-replica load accounting, and what the predictor learns."""
 
     async def get_config(self) -> Versioned | None:
         """The current config, or None when none was ever written."""
@@ -59,6 +68,22 @@ class Store(Protocol):
         ...
 
     async def load_totals(self, backend: str) -> LoadTotals: ...
+
+    async def push_samples(self, lines: Sequence[str], keep: int) -> None:
+        """Append completed-request samples (JSONL lines), keeping the newest ``keep``."""
+        ...
+
+    async def recent_samples(self) -> list[str]:
+        """Every replica's samples, oldest first."""
+        ...
+
+    async def put_model(self, blob: ModelBlob) -> None:
+        """Publish a length model for every replica to load."""
+        ...
+
+    async def model_version(self) -> str | None: ...
+
+    async def get_model(self) -> ModelBlob | None: ...
 
     async def wait_for_change(self, timeout_s: float) -> None:
         """Return when a config change is announced, or after ``timeout_s`` at the latest

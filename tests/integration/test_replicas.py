@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,9 @@ import aiohttp
 
 from bench.procs import free_port, redis_server
 from gateway.app import RunningServer
+from gateway.state.redis_store import RedisStore
+from gateway.state.store import ModelBlob
+from predictor import artifact
 from tests.conftest import MODEL, GatewayFactory, SimFactory, eventually
 
 
@@ -262,3 +266,57 @@ async def test_backend_routes(
     status, headers = await _complete(http, b)
     assert status == 200
     assert headers["x-sluice-backend"] == "b1"
+
+
+async def test_replicas_share_samples_and_models(
+    make_sim: SimFactory,
+    make_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    redis_url: str,
+) -> None:
+    """Samples recorded on one replica train a retrain on another; a model published to the
+    store is loaded by every replica."""
+    sim = await make_sim()
+    prefix = f"t-{uuid.uuid4().hex}"
+    shared = {"redis_url": redis_url, "redis_prefix": prefix, "learning_sync_s": 0.1}
+    a = await make_gateway([sim], settings=shared)
+    b = await make_gateway([sim], settings=shared)
+
+    async def chat(i: int) -> int:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": f"hi {i}"}]}
+        async with http.post(a.url + "/v1/chat/completions", json=body) as response:
+            await response.read()
+            return response.status
+
+    assert await asyncio.gather(*(chat(i) for i in range(60))) == [200] * 60
+    store = RedisStore(redis_url, prefix=prefix)
+
+    async def all_shared() -> bool:
+        return len(await store.recent_samples()) == 60
+
+    await eventually(all_shared, what="replica a sharing its samples")
+    async with http.post(b.url + "/admin/predictor/retrain") as response:
+        outcome = await response.json()
+    assert response.status == 200
+    # b recorded nothing itself; it trained and scored on a's 60 samples.
+    assert outcome["held_out_recent"] + outcome["trained_on"] == 60
+
+    packaged = artifact.load(artifact.PACKAGED)
+    manifest, weights = artifact.encode(
+        packaged.model, version="published", training={}, weights_name="published.npz"
+    )
+    await store.put_model(ModelBlob("published", json.dumps(manifest), weights))
+
+    async def both_adopted() -> bool:
+        versions = []
+        for gw in (a, b):
+            async with http.get(gw.url + "/admin/predictor") as response:
+                versions.append((await response.json())["version"])
+        return versions == ["published", "published"]
+
+    await eventually(both_adopted, what="both replicas loading the published model")
+    # A model this build cannot load is refused; the replicas keep what they have.
+    await store.put_model(ModelBlob("broken", json.dumps(manifest), b"not an npz"))
+    await asyncio.sleep(0.5)
+    assert await both_adopted()
+    await store.close()

@@ -17,7 +17,7 @@ from gateway.scheduling.latency import ItlParams
 from gateway.state.load import AdmissionRule, LeaseWeight, LoadTotals
 from gateway.state.memory import MemoryStore
 from gateway.state.redis_store import RedisStore
-from gateway.state.store import StaleVersion, Store, StoreUnavailable
+from gateway.state.store import ModelBlob, StaleVersion, Store, StoreUnavailable
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -207,3 +207,19 @@ async def test_unreachable_redis_is_reported_not_hung(tmp_path: Path) -> None:
     with pytest.raises(StoreUnavailable):
         await store.sync_leases({"b0": {}}, 1.0)
     await store.close()
+
+
+async def test_samples_keep_the_newest(store: Store) -> None:
+    await store.push_samples(["a", "b", "c"], keep=4)
+    await store.push_samples(["d", "e"], keep=4)
+    await store.push_samples([], keep=4)
+    assert await store.recent_samples() == ["b", "c", "d", "e"]
+
+
+async def test_shared_model_round_trip(store: Store) -> None:
+    assert await store.model_version() is None
+    assert await store.get_model() is None
+    blob = ModelBlob("v7", '{"format": "x"}', bytes(range(256)) * 10)
+    await store.put_model(blob)
+    assert await store.model_version() == "v7"
+    assert await store.get_model() == blob
