@@ -106,8 +106,11 @@ def markdown(data: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "Redis round trips per request: two (take and release the backend's shared "
-        "in-flight slot), plus one per retry while the backend is full.",
+        "Redis round trips per request: two (the backend's lease admitted by the shared VBS "
+        "and KV rule, and released), plus one per retry while the backend is full across "
+        "replicas. Besides, each replica renews its leases and reads every backend's totals "
+        "in one round trip per `SLUICE_SHARED_SYNC_S` (0.2 s), and shares samples and looks "
+        "for a newer shared length model once per `SLUICE_LEARNING_SYNC_S` (1 s).",
         "",
     ]
     return "\n".join(lines)
