@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-vllm lint typecheck check bench-overhead clean
+.PHONY: venv demo test test-vllm lint typecheck check bench-overhead bench clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,10 @@ check: lint typecheck test
 
 bench-overhead: venv
 	$(BIN)/python -m bench.overhead
+
+# Sluice against vllm-router, SMG, LiteLLM and direct; installs each peer in .peers/ on demand.
+bench: venv
+	$(BIN)/python -m bench.compare run all
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

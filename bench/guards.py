@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -164,6 +165,17 @@ def gateway_config(urls: list[str], name: str, dilation: float) -> dict[str, Any
     }
 
 
+def dilated_env(dilation: float) -> dict[str, str]:
+    """The gateway's timeouts dilated like everything else: a request may wait in its queue
+    as long as its dilated TTFT budget allows."""
+    return {
+        **os.environ,
+        "SLUICE_QUEUE_TIMEOUT_S": f"{30 * dilation:g}",
+        "SLUICE_FIRST_BYTE_TIMEOUT_S": f"{60 * dilation:g}",
+        "SLUICE_IDLE_TIMEOUT_S": f"{60 * dilation:g}",
+    }
+
+
 def workloads(
     args: argparse.Namespace, capacity: float, samples: list[Any], *, dilation: float
 ) -> Iterator[tuple[float, list[Planned], float]]:
@@ -251,7 +263,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             async with sim_fleet(sim_args) as urls:
                 with tempfile.TemporaryDirectory() as workdir:
                     config = gateway_config(urls, name, args.dilation)
-                    async with gateway(config, Path(workdir)) as url:
+                    env = dilated_env(args.dilation)
+                    async with gateway(config, Path(workdir), env=env) as url:
                         outcome = await run_open_loop(url, MODEL, items)
             summary = summarize(outcome, args.dilation, span)
             summary["wall_s"] = round(time.monotonic() - started, 1)

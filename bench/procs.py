@@ -37,10 +37,10 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
 
 
 @contextlib.asynccontextmanager
-async def sim_fleet(args: Sequence[str]) -> AsyncIterator[list[str]]:
-    """Run ``sluice-sim`` with ``args``; yield the servers' URLs."""
+async def sim_fleet(args: Sequence[str], prefix: Sequence[str] = ()) -> AsyncIterator[list[str]]:
+    """Run ``sluice-sim`` with ``args`` (``prefix``: e.g. taskset); yield the servers' URLs."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.sim.cli", *args, stdout=asyncio.subprocess.PIPE
+        *prefix, sys.executable, "-m", "bench.sim.cli", *args, stdout=asyncio.subprocess.PIPE
     )
     try:
         urls: list[str] = json.loads(await _first_line(process, "the simulator"))["servers"]
@@ -51,12 +51,17 @@ async def sim_fleet(args: Sequence[str]) -> AsyncIterator[list[str]]:
 
 @contextlib.asynccontextmanager
 async def gateway(
-    config: dict[str, Any], workdir: Path, env: dict[str, str] | None = None
+    config: dict[str, Any],
+    workdir: Path,
+    env: dict[str, str] | None = None,
+    prefix: Sequence[str] = (),
 ) -> AsyncIterator[str]:
-    """Run ``sluice serve`` on a free port with ``config``; yield its base URL."""
+    """Run ``sluice serve`` on a free port with ``config`` (``prefix``: e.g. taskset); yield
+    its base URL."""
     path = workdir / "sluice.yaml"
     path.write_text(yaml.safe_dump(config))
     process = await asyncio.create_subprocess_exec(
+        *prefix,
         sys.executable,
         "-m",
         "gateway",

@@ -6,7 +6,9 @@ import asyncio
 import csv
 import itertools
 import random
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -81,7 +83,17 @@ def plan(
     return [Planned(at, rng.choice(samples), rng.choice(classes), max_tokens) for at in arrivals]
 
 
-async def send(http: aiohttp.ClientSession, url: str, model: str, item: Planned) -> Result:
+# A streamed chunk that carries text, whatever the server's JSON spacing.
+_TEXT = re.compile(rb'"(?:content|text)":\s*"[^"]')
+
+
+async def send(
+    http: aiohttp.ClientSession,
+    url: str,
+    model: str,
+    item: Planned,
+    headers: dict[str, str] | None = None,
+) -> Result:
     body: dict[str, Any] = {
         "model": model,
         "messages": [{"role": "user", "content": item.sample.prompt}],
@@ -92,9 +104,8 @@ async def send(http: aiohttp.ClientSession, url: str, model: str, item: Planned)
     first: float | None = None
     last = start
     tokens = 0
-    async with http.post(
-        url + "/v1/chat/completions", json=body, headers={"x-slo-class": item.slo_class}
-    ) as response:
+    sent_headers = {**(headers or {}), "x-slo-class": item.slo_class}
+    async with http.post(url + "/v1/chat/completions", json=body, headers=sent_headers) as response:
         if response.status != 200:
             await response.read()
             return Result(
@@ -104,11 +115,7 @@ async def send(http: aiohttp.ClientSession, url: str, model: str, item: Planned)
                 reason=response.headers.get("x-sluice-reject-reason"),
             )
         async for line in response.content:
-            if (
-                line.startswith(b"data: {")
-                and b'"content":"' in line
-                and b'"content":""' not in line
-            ):
+            if line.startswith(b"data: {") and _TEXT.search(line):
                 last = time.monotonic()
                 first = first or last
                 tokens += 1
@@ -119,15 +126,26 @@ async def send(http: aiohttp.ClientSession, url: str, model: str, item: Planned)
     return Result(item.slo_class, 200, ttft, tpot, tokens, time.monotonic() - start)
 
 
-async def run_open_loop(url: str, model: str, items: list[Planned]) -> list[Result]:
+async def run_open_loop(
+    urls: str | list[str],
+    model: str,
+    items: list[Planned],
+    headers: dict[str, str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Result]:
+    """Send ``items`` at their planned times; with several URLs, round-robin over them."""
+    targets = [urls] if isinstance(urls, str) else urls
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
         start = time.monotonic()
         tasks = []
-        for item in items:
+        for n, item in enumerate(items):
             delay = start + item.at - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(send(http, url, model, item)))
+            url = targets[n % len(targets)]
+            tasks.append(asyncio.create_task(send(http, url, model, item, headers)))
+            if progress is not None:
+                progress(n + 1, len(items))
         return list(await asyncio.gather(*tasks))
