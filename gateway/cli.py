@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -37,9 +38,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Python's default (700 allocations) runs a collection every few requests; the oldest
+# generation, full of kept records and samples, then takes tens of ms. At 500 req/s on one
+# core this raised the p99 added latency from about 5 ms to 50-70 ms (bench: compare overhead).
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
 async def _serve(settings: Settings, config: GatewayConfig) -> None:
     from gateway.app import build_app, start_server
 
+    gc.set_threshold(*GC_THRESHOLDS)
     server = await start_server(build_app(settings, config), settings.host, settings.port)
     # One line on stdout, so that a parent process can learn the port it got.
     print(f"sluice listening on {server.url}", flush=True)
