@@ -324,9 +324,38 @@ def _overhead_table(block: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _targets(data: dict[str, Any]) -> list[str]:
+    """Issue 8's targets against what this report measured."""
+    lines = ["## Targets", "", "| target | measured | |", "|---|---|---|"]
+    rows = data.get("goodput", {}).get("results", {}).get("1.5", {})
+    if "sluice" in rows:
+        peer, best = _best_peer(rows, "goodput_rps")
+        ratio = rows["sluice"]["goodput_rps"] / best if best else 0.0
+        admitted = rows["sluice"]["attainment_admitted"] or 0.0
+        lines += [
+            f"| goodput at 1.5x ≥ 2x the best peer's | {ratio:.2f}x ({LABELS.get(peer or '', '-')})"
+            f" | {'met' if ratio >= 2 else 'missed'} |",
+            f"| ≥ 95% of admitted requests meet both targets at 1.5x | {100 * admitted:.1f}% | "
+            f"{'met' if admitted >= 0.95 else 'missed'} |",
+        ]
+    overhead = data.get("overhead", {}).get("results", {})
+    if "sluice" in overhead and "direct" in overhead:
+        p50 = overhead["sluice"]["plain"]["p50_ms"] - overhead["direct"]["plain"]["p50_ms"]
+        p99 = overhead["sluice"]["plain"]["p99_ms"] - overhead["direct"]["plain"]["p99_ms"]
+        rate = data["overhead"]["rate"]
+        lines += [
+            f"| added p50 ≤ 1 ms at {rate:g} req/s (not streamed) | {p50:.2f} ms | "
+            f"{'met' if p50 <= 1 else 'missed'} |",
+            f"| added p99 ≤ 5 ms at {rate:g} req/s (not streamed) | {p99:.2f} ms | "
+            f"{'met' if p99 <= 5 else 'missed'} |",
+        ]
+    return [*lines, ""]
+
+
 def markdown(data: dict[str, Any]) -> str:
     lines = ["# Sluice against vllm-router, SMG and LiteLLM", ""]
     lines += [__doc__.split("\n\n", 2)[2].strip(), ""] if __doc__ else []
+    lines += _targets(data)
     if "goodput" in data:
         block = data["goodput"]
         lines += [
@@ -340,6 +369,8 @@ def markdown(data: dict[str, Any]) -> str:
             "",
             *_trace_table(block),
             "",
+            *[f"- {note}" for note in block.get("notes", [])],
+            "",
             "![goodput](compare_goodput.png)",
             "",
             "![latency CDFs](compare_cdf.png)",
@@ -348,7 +379,8 @@ def markdown(data: dict[str, Any]) -> str:
     if "bursts" in data:
         lines += ["## Bursts (Azure code trace)", "", *_trace_table(data["bursts"]), ""]
     if "overhead" in data:
-        lines += ["## Overhead", "", *_overhead_table(data["overhead"]), ""]
+        notes = [f"- {note}" for note in data["overhead"].get("notes", [])]
+        lines += ["## Overhead", "", *_overhead_table(data["overhead"]), "", *notes, ""]
     if "third_party" in data:
         lines += ["## A third-party load generator", "", *_third_party_table(data["third_party"])]
     return "\n".join(lines)
