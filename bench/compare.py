@@ -36,7 +36,7 @@ from typing import Any
 import aiohttp
 
 from bench.data import load_sharegpt
-from bench.guards import BACKENDS, gateway_config, summarize
+from bench.guards import BACKENDS, gateway_config, plot_by_load, progress, summarize
 from bench.guards import dilated_env as sluice_env
 from bench.peers import LABELS, SYSTEMS, Fleet, client_headers, running
 from bench.procs import sim_fleet
@@ -125,15 +125,6 @@ async def _trace_run(
     return summary
 
 
-def _report_line(where: str, system: str, s: dict[str, Any]) -> None:
-    print(
-        f"{where} {LABELS[system]}: goodput {s['goodput_rps']:.1f} req/s, attainment "
-        f"{s['attainment_offered']:.3f} offered / {s['attainment_admitted'] or 0:.3f} admitted, "
-        f"rejected {s['rejection_rate']:.3f}, failed {s['failed']} ({s['wall_s']} s)",
-        flush=True,
-    )
-
-
 async def run_traces(args: argparse.Namespace, scenario: str) -> dict[str, Any]:
     samples = [s for s in load_sharegpt() if s.prompt_tokens < 6000]
     capacity = fleet_capacity(samples, args.max_num_seqs, args.max_tokens)
@@ -156,7 +147,7 @@ async def run_traces(args: argparse.Namespace, scenario: str) -> dict[str, Any]:
         for system in args.systems:
             summary = await _trace_run(system, items, span, args)
             results.setdefault(f"{load:g}", {})[system] = summary
-            _report_line(f"{scenario} {load:g}x", system, summary)
+            progress(f"{scenario} {load:g}x", LABELS[system], summary)
     return {
         "trace": trace,
         "capacity_rps": capacity,
@@ -416,29 +407,9 @@ def plot(data: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     results = data["goodput"]["results"]
-    loads = list(results)
-    systems = list(next(iter(results.values())))
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for name in systems:
-        xs = [float(x) for x in loads if name in results[x]]
-        rows = [results[x][name] for x in loads if name in results[x]]
-        axes[0].plot(xs, [r["goodput_rps"] for r in rows], "o-", label=LABELS[name])
-        axes[1].plot(xs, [r["attainment_offered"] for r in rows], "o-", label=LABELS[name])
-        axes[2].plot(xs, [r["attainment_admitted"] or 0 for r in rows], "o-", label=LABELS[name])
-    for ax, title in zip(
-        axes,
-        ("goodput (req/s)", "attainment over offered", "attainment over admitted"),
-        strict=True,
-    ):
-        ax.set_xlabel("load (x fleet capacity)")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path.with_name("compare_goodput.png"), dpi=100)
-    plt.close(fig)
+    plot_by_load(results, LABELS, path.with_name("compare_goodput.png"))
 
-    load = "1.5" if "1.5" in results else loads[-1]
+    load = "1.5" if "1.5" in results else list(results)[-1]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for name, row in results[load].items():
         qs = [i / (len(row["ttft_cdf_ms"]) - 1) for i in range(len(row["ttft_cdf_ms"]))]
@@ -457,12 +428,12 @@ def plot(data: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _saved(out: Path) -> dict[str, Any]:
+def load_saved(out: Path) -> dict[str, Any]:
     path = out / SAVED
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """A run of some systems replaces those systems' rows and keeps the others'."""
     merged = dict(old)
     for key, value in new.items():
@@ -471,7 +442,7 @@ def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
             continue
         results = dict(old["results"])
         for load, rows in value.items():
-            if key == "results" and isinstance(rows, dict) and "plain" not in rows:
+            if isinstance(rows, dict) and "plain" not in rows:  # load -> system -> row
                 results[load] = {**results.get(load, {}), **rows}
             else:
                 results[load] = rows
@@ -480,7 +451,7 @@ def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    data = _saved(args.out)
+    data = load_saved(args.out)
     scenarios = ["goodput", "bursts", "overhead"] if args.scenario == "all" else [args.scenario]
     for scenario in scenarios:
         started = time.monotonic()
@@ -489,7 +460,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         else:
             block = await run_traces(args, scenario)
         block["wall_s"] = round(time.monotonic() - started)
-        data[scenario] = _merge(data.get(scenario, {}), block)
+        data[scenario] = merge(data.get(scenario, {}), block)
         publish(args.out, "compare", data, markdown(data), plot)
     return data
 
@@ -519,7 +490,7 @@ def main() -> int:
         sub.add_argument("--out", type=Path, default=REPORTS)
     args = parser.parse_args()
     if args.command == "report":
-        data = _saved(args.out)
+        data = load_saved(args.out)
         publish(args.out, "compare", data, markdown(data), plot)
         return 0
     asyncio.run(run(args))

@@ -194,12 +194,12 @@ def workloads(
         yield load, items, arrivals[-1] / dilation
 
 
-def progress(load: float, name: str, summary: dict[str, Any]) -> None:
+def progress(where: str, name: str, summary: dict[str, Any]) -> None:
     print(
-        f"load {load:g}x {name}: goodput {summary['goodput_rps']:.1f} req/s, "
+        f"{where} {name}: goodput {summary['goodput_rps']:.1f} req/s, "
         f"attainment {summary['attainment_offered']:.3f} offered / "
         f"{summary['attainment_admitted'] or 0:.3f} admitted, rejected "
-        f"{summary['rejection_rate']:.3f} ({summary['wall_s']} s)",
+        f"{summary['rejection_rate']:.3f}, failed {summary['failed']} ({summary['wall_s']} s)",
         flush=True,
     )
 
@@ -227,7 +227,7 @@ def run_virtual_ablation(args: argparse.Namespace) -> dict[str, Any]:
             summary = summarize(outcome, 1.0, span)
             summary["wall_s"] = round(time.monotonic() - started, 1)
             results.setdefault(f"{load:g}", {})[name] = summary
-            progress(load, name, summary)
+            progress(f"load {load:g}x", name, summary)
     return {
         "benchmark": "slo_guards",
         "mode": "virtual time (gateway scheduling code + engine model)",
@@ -269,7 +269,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             summary = summarize(outcome, args.dilation, span)
             summary["wall_s"] = round(time.monotonic() - started, 1)
             results.setdefault(f"{load:g}", {})[name] = summary
-            progress(load, name, summary)
+            progress(f"load {load:g}x", name, summary)
     return {
         "benchmark": "slo_guards",
         "mode": f"over HTTP, time dilated {args.dilation:g}x",
@@ -370,21 +370,23 @@ def targets(data: dict[str, Any]) -> str:
     )
 
 
-def plot(data: dict[str, Any], path: Path) -> None:
+def plot_by_load(results: dict[str, Any], labels: dict[str, str], path: Path) -> None:
+    """Goodput and attainment (over offered, over admitted) against load, one line per
+    configuration or system; ``results`` maps load -> name -> summary."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    loads = list(data["results"])
-    names = list(next(iter(data["results"].values())))
+    loads = list(results)
+    names = list(next(iter(results.values())))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for name in names:
-        xs = [float(x) for x in loads]
-        rows = [data["results"][x][name] for x in loads]
-        axes[0].plot(xs, [r["goodput_rps"] for r in rows], "o-", label=LABELS[name])
-        axes[1].plot(xs, [r["attainment_offered"] for r in rows], "o-", label=LABELS[name])
-        axes[2].plot(xs, [r["attainment_admitted"] or 0 for r in rows], "o-", label=LABELS[name])
+        xs = [float(x) for x in loads if name in results[x]]
+        rows = [results[x][name] for x in loads if name in results[x]]
+        axes[0].plot(xs, [r["goodput_rps"] for r in rows], "o-", label=labels[name])
+        axes[1].plot(xs, [r["attainment_offered"] for r in rows], "o-", label=labels[name])
+        axes[2].plot(xs, [r["attainment_admitted"] or 0 for r in rows], "o-", label=labels[name])
     for ax, title in zip(
         axes,
         ("goodput (req/s)", "attainment over offered", "attainment over admitted"),
@@ -396,6 +398,11 @@ def plot(data: dict[str, Any], path: Path) -> None:
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot(data: dict[str, Any], path: Path) -> None:
+    plot_by_load(data["results"], LABELS, path)
 
 
 def main() -> int:

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.compare import MODEL, SAVED, _saved, markdown, plot, sluice_config
+from bench.compare import MODEL, SAVED, load_saved, markdown, plot, sluice_config
 from bench.guards import BACKENDS
 from bench.guards import dilated_env as sluice_env
 from bench.peers import LABELS, ROOT, Fleet, running
@@ -166,7 +166,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPORTS)
     args = parser.parse_args()
     block = asyncio.run(run(args))
-    data = _saved(args.out)
+    data = load_saved(args.out)
     data["third_party"] = block
     publish(args.out, SAVED.removesuffix(".json"), data, markdown(data), plot)
     return 0

@@ -45,8 +45,10 @@ class MemoryStore:
         self, backend: str, lease: str, weight: LeaseWeight, rule: AdmissionRule, ttl_s: float
     ) -> Grant:
         leases = self._live(backend)
-        if lease not in leases and not admits(rule, self._totals(backend), weight):
-            return Grant(False, self._totals(backend))
+        if lease not in leases:
+            held = self._totals(backend)
+            if not admits(rule, held, weight):
+                return Grant(False, held)
         leases[lease] = (self._clock() + ttl_s, weight)
         return Grant(True, self._totals(backend))
 

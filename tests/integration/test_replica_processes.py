@@ -71,6 +71,22 @@ async def _stream(http: aiohttp.ClientSession, url: str) -> tuple[int, int]:
         return response.status, chunks
 
 
+async def _gateways(
+    stack: contextlib.AsyncExitStack,
+    count: int,
+    config: dict[str, Any],
+    env: dict[str, str],
+    tmp_path: Path,
+) -> list[str]:
+    """Start ``count`` gateway processes, each in a folder of its own; stopped with ``stack``."""
+    urls = []
+    for i in range(count):
+        folder = tmp_path / f"gw{i}"
+        folder.mkdir()
+        urls.append(await stack.enter_async_context(gateway(config, folder, env=env)))
+    return urls
+
+
 async def _peak_while(sim: RunningSim, work: asyncio.Future[Any]) -> int:
     """The most requests the backend held at once while ``work`` ran."""
     peak = 0
@@ -92,11 +108,7 @@ async def test_gateway_processes_keep_a_backend_within_its_kv_admission(
     if shared:
         env |= {"SLUICE_REDIS_URL": redis_url, "SLUICE_REDIS_PREFIX": uuid.uuid4().hex}
     async with contextlib.AsyncExitStack() as stack:
-        urls = []
-        for i in range(3):
-            folder = tmp_path / f"gw{i}"
-            folder.mkdir()
-            urls.append(await stack.enter_async_context(gateway(config, folder, env=env)))
+        urls = await _gateways(stack, 3, config, env, tmp_path)
         async with aiohttp.ClientSession() as http:
             work = asyncio.ensure_future(
                 asyncio.gather(*(_stream(http, urls[i % 3]) for i in range(24)))
@@ -133,11 +145,7 @@ async def test_serving_goes_on_while_redis_is_killed_and_restarted(
     store = RedisStore(url, prefix=prefix)
     try:
         async with contextlib.AsyncExitStack() as stack:
-            urls = []
-            for i in range(2):
-                folder = tmp_path / f"gw{i}"
-                folder.mkdir()
-                urls.append(await stack.enter_async_context(gateway(config, folder, env=env)))
+            urls = await _gateways(stack, 2, config, env, tmp_path)
             results: list[tuple[int, int]] = []
             stop = time.monotonic() + 6.0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.compare import _merge, markdown
+from bench.compare import markdown, merge
 
 
 def _row(goodput: float) -> dict[str, Any]:
@@ -33,7 +33,7 @@ def _block(results: dict[str, Any]) -> dict[str, Any]:
 def test_a_partial_rerun_replaces_only_its_rows() -> None:
     old = _block({"1.5": {"sluice": _row(50), "vllm-router-rr": _row(40)}, "2": {}})
     new = _block({"1.5": {"sluice": _row(90)}})
-    merged = _merge(old, new)
+    merged = merge(old, new)
     assert merged["results"]["1.5"]["sluice"]["goodput_rps"] == 90
     assert merged["results"]["1.5"]["vllm-router-rr"]["goodput_rps"] == 40
     assert "2" in merged["results"]
