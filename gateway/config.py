@@ -72,6 +72,34 @@ class SchedulerConfig(_Frozen):
     output_quantile: Literal["p50", "p90", "p95"] = Field(
         default="p90", description="Predicted output used for the KV reservation."
     )
+    placement: Literal["guards", "rolling"] = Field(
+        default="guards",
+        description="Where an admitted request goes: the backend whose budgets it uses least "
+        "(guards), or the macro instance with the most headroom and, inside it, sticky-cyclic "
+        "rolling activation with EcoServe's check (rolling).",
+    )
+
+
+class PoolConfig(_Frozen):
+    """A pool: the backends serving one model, partitioned into macro instances of between
+    ``min_size`` and ``max_size`` backends (ALGORITHMS.md §5). A backend's pool is its
+    ``pool`` field, else the first model it is meant to serve, else ``default``."""
+
+    min_size: int = Field(default=1, ge=1, le=1000)
+    max_size: int = Field(default=8, ge=1, le=1000)
+    webhook_url: HttpUrl | None = Field(
+        default=None, description="Called with the pool's scale recommendation when it changes."
+    )
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> Self:
+        # A split of a full instance must leave two halves of at least min_size each.
+        if self.max_size + 1 < 2 * self.min_size:
+            raise ValueError(
+                f"max_size {self.max_size} must be at least 2*min_size-1 "
+                f"({2 * self.min_size - 1}) so that a split leaves two valid instances"
+            )
+        return self
 
 
 class ModelConfig(_Frozen):
@@ -112,6 +140,12 @@ class BackendConfig(_Frozen):
     def base_url(self) -> str:
         return str(self.url).rstrip("/")
 
+    @property
+    def pool_name(self) -> str:
+        if self.pool is not None:
+            return self.pool
+        return self.models[0] if self.models else "default"
+
 
 class GatewayConfig(_Frozen):
     slo_classes: dict[Name, SloClass] = Field(
@@ -120,6 +154,11 @@ class GatewayConfig(_Frozen):
     default_class: Name = "default"
     models: tuple[ModelConfig, ...] = ()
     backends: tuple[BackendConfig, ...] = ()
+    pools: dict[Name, PoolConfig] = Field(default_factory=dict)
+    macro_instances: dict[Name, tuple[tuple[Name, ...], ...]] = Field(
+        default_factory=dict,
+        description="Each pool's macro instances, kept by the gateway as backends come and go.",
+    )
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     latency_prior: LatencyPrior = Field(default_factory=LatencyPrior)
 
@@ -137,6 +176,9 @@ class GatewayConfig(_Frozen):
         if duplicates:
             raise ValueError(f"backend names must be unique: {duplicates}")
         return self
+
+    def pool(self, name: str) -> PoolConfig:
+        return self.pools.get(name) or PoolConfig()
 
     def class_for_model(self, model: str) -> str:
         for entry in self.models:

@@ -189,6 +189,14 @@ class Fleet:
     def healthy_for(self, model: str) -> list[Backend]:
         return [b for b in self._backends.values() if b.routable and b.serves(model)]
 
+    def expected_for(self, model: str) -> list[Backend]:
+        """Backends meant to serve the model and taking traffic, ready or not yet."""
+        return [
+            b
+            for b in self._backends.values()
+            if b.serves(model) and not b.draining and b.config.state == "active"
+        ]
+
     def reconcile(
         self, configs: Iterable[BackendConfig], build: Callable[[BackendConfig], Backend]
     ) -> list[Backend]:

@@ -19,6 +19,7 @@ from gateway.learning import SharedLearning
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import Proxy
 from gateway.records import RecordLog
+from gateway.scheduling.macro import instance_ids, with_layout
 from gateway.scheduling.policy import Policy, SloPolicy, least_loaded
 from gateway.scheduling.scheduler import Scheduler
 from gateway.settings import Settings
@@ -63,6 +64,7 @@ def make_policy(config: SchedulerConfig) -> Policy:
         epsilon=config.epsilon,
         admit_margin=config.admit_margin,
         urgent_s=config.urgent_ms / 1000,
+        rolling=config.placement == "rolling",
     )
 
 
@@ -92,7 +94,9 @@ class Runtime:
         store: Store = (
             RedisStore(s.redis_url, prefix=s.redis_prefix) if s.redis_url else MemoryStore()
         )
+        self.config = with_layout(self.config)
         self.config, version = await self._shared_config(store)
+        self.config = with_layout(self.config)
         connector = aiohttp.TCPConnector(limit=s.upstream_pool_size, limit_per_host=0)
         session = aiohttp.ClientSession(connector=connector)
         backends = [self._build_backend(session, cfg) for cfg in self.config.backends]
@@ -107,6 +111,7 @@ class Runtime:
             clock=time.monotonic,
             peer_load=sharing.others if sharing is not None else lambda _name: LoadTotals(),
         )
+        scheduler.instances = instance_ids(self.config)
         fleet.on_change = scheduler.schedule
         metrics = GatewayMetrics(fleet, scheduler.queue_depths)
         records = RecordLog(s.records_kept)
@@ -209,9 +214,10 @@ class Runtime:
     def apply(self, config: GatewayConfig, version: int) -> None:
         """Swap in a config snapshot: requests in flight keep the one they started with."""
         services = self.services
-        self.config = config
+        self.config = config = with_layout(config)
         services.config_version = version
         services.scheduler.policy = make_policy(config.scheduler)
+        services.scheduler.instances = instance_ids(config)
         added = services.fleet.reconcile(
             config.backends, lambda cfg: self._build_backend(services.session, cfg)
         )

@@ -26,6 +26,7 @@ from gateway.errors import (
     StaleConfig,
 )
 from gateway.runtime import Runtime
+from gateway.scheduling.macro import with_layout
 from gateway.state.store import StaleVersion, StoreUnavailable
 
 # A backend patch: any of a backend's fields but its name, each optional.
@@ -63,6 +64,9 @@ async def _commit(runtime: Runtime, config: GatewayConfig, expected: int) -> int
     caller, and an unreachable store is a 503."""
     store = runtime.services.store
     assert store is not None
+    # Macro instances follow the backends by the mitosis rules, from the layout the new
+    # config names or, when it names none, from the one in force.
+    config = with_layout(config, config.macro_instances or runtime.config.macro_instances)
     try:
         version = await store.put_config(config.model_dump_json(), expected_version=expected)
     except StoreUnavailable as exc:

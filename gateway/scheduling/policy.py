@@ -19,6 +19,7 @@ from gateway.scheduling.guards import (
     tightness,
     ttft_rejections,
 )
+from gateway.scheduling.rolling import Cycle, cycles, pick
 from gateway.scheduling.snapshot import BackendView, Placement, Plan, Rejection, WaitingView
 
 Policy = Callable[[Sequence[WaitingView], Sequence[BackendView], float], Plan]
@@ -54,7 +55,9 @@ def least_loaded(
 @dataclass(frozen=True, slots=True)
 class SloPolicy:
     """LDF queue, TTFT rejection, VBS admission with the KV fit, and credits; each can be
-    switched off for ablation (with all off it is FIFO under the in-flight bound)."""
+    switched off for ablation (with all off it is FIFO under the in-flight bound).
+    ``rolling`` places admitted requests by macro instance and rolling activation instead of
+    by least budget used."""
 
     ldf: bool = True
     reject: bool = True
@@ -64,6 +67,7 @@ class SloPolicy:
     epsilon: float = 1.3
     admit_margin: float = 0.99
     urgent_s: float = 0.1
+    rolling: bool = False
 
     def __call__(
         self, waiting: Sequence[WaitingView], backends: Sequence[BackendView], now: float
@@ -90,6 +94,7 @@ class SloPolicy:
         credits: dict[int, float] = {}
         blocked: set[str] = set()
         models = {w.model for w in ordered}
+        instances = cycles(loads.values()) if self.rolling else None
         for w in ordered:
             if len(blocked) == len(models):
                 break  # every model's queue is held: nothing further can move this pass
@@ -104,6 +109,9 @@ class SloPolicy:
                 and load.view.name not in w.excluded
             ]
             if not candidates:
+                if w.deadline <= now and w.rejectable:
+                    # Held through a cold start (or after failures) until its deadline.
+                    rejections.append(Rejection(w.ticket, "no_ready_backend"))
                 continue
             if self.credits:
                 credit = credit_after_pass(w.credit, trp)
@@ -120,10 +128,10 @@ class SloPolicy:
             }
             admitting = [load for load in candidates if verdicts[load.view.name] is Verdict.OK]
             if admitting:
-                best = min(
-                    admitting,
-                    key=lambda load: placement_cost(load, w, now=now, epsilon=self.epsilon),
-                )
+                best = self._choose(admitting, instances, w, now)
+                if best is None:
+                    blocked.add(w.model)  # no instance's check passes: it waits, in LDF order
+                    continue
                 best.add(w)
                 placements.append(Placement(w.ticket, best.view.name, priority_tier(trp)))
                 if self.credits:
@@ -141,7 +149,22 @@ class SloPolicy:
             if all(v is Verdict.TPOT_OWN for v in verdicts.values()):
                 continue  # SCORPIO's shortcut: its own tight target must not block looser ones
             blocked.add(w.model)  # keep LDF order: nothing behind it jumps ahead
-        return Plan(placements, rejections, credits)
+        activations = {c.instance: c.activation() for c in instances or () if c.changed}
+        return Plan(placements, rejections, credits, activations)
+
+    def _choose(
+        self,
+        admitting: list[BackendLoad],
+        instances: list[Cycle] | None,
+        w: WaitingView,
+        now: float,
+    ) -> BackendLoad | None:
+        if instances is None:
+            return min(
+                admitting, key=lambda load: placement_cost(load, w, now=now, epsilon=self.epsilon)
+            )
+        names = {load.view.name for load in admitting}
+        return pick(instances, names, w, now, epsilon=self.epsilon, margin=self.admit_margin)
 
     @staticmethod
     def _tightest(waiting: Sequence[WaitingView], loads: Iterable[BackendLoad]) -> dict[str, float]:

@@ -18,10 +18,12 @@ from gateway.errors import NoBackendAvailable, SloUnattainable
 from gateway.fleet import Backend, Fleet, InFlight
 from gateway.scheduling.policy import Policy, least_loaded
 from gateway.scheduling.snapshot import (
+    Activation,
     BackendView,
     InFlightView,
     Placement,
     Rejection,
+    RollingView,
     WaitingView,
 )
 from gateway.state.load import LoadTotals
@@ -98,6 +100,10 @@ class Scheduler:
         self.peer_load = peer_load  # other gateway replicas' load per backend
         self._waiting: dict[int, _Ticket] = {}
         self._ids = itertools.count(1)
+        # Macro instances: backend -> (instance, place in its cycle), and each instance's
+        # active backend. Activation is this replica's own: replicas roll independently.
+        self.instances: dict[str, tuple[str, int]] = {}
+        self._active: dict[str, Activation] = {}
 
     def queue_depths(self) -> Counter[str]:
         return Counter(ticket.demand.model for ticket in self._waiting.values())
@@ -144,7 +150,9 @@ class Scheduler:
         self, demand: Demand, excluded: Collection[str], loop: asyncio.AbstractEventLoop
     ) -> _Ticket:
         excluded_set = frozenset(excluded)
-        if not any(b.name not in excluded_set for b in self._fleet.healthy_for(demand.model)):
+        # Cold start: a model some backend is meant to serve waits for one to be ready (until
+        # its deadline) rather than failing; only a model no backend could serve fails now.
+        if not any(b.name not in excluded_set for b in self._fleet.expected_for(demand.model)):
             raise NoBackendAvailable(
                 f"no healthy backend serves model {demand.model!r}", headers={"Retry-After": "1"}
             )
@@ -187,6 +195,7 @@ class Scheduler:
                         r.predicted_tokens,
                         r.reserved_kv,
                         r.first_token_at is not None,
+                        r.first_token_at,
                     )
                     for r in b.inflight.values()
                 ),
@@ -195,10 +204,25 @@ class Scheduler:
                 b.kv_capacity,
                 b.dispatched,
                 self.peer_load(b.name),
+                self._rolling(b.name),
             )
             for b in self._fleet
         ]
         return waiting, backends
+
+    def _rolling(self, name: str) -> RollingView | None:
+        place = self.instances.get(name)
+        if place is None:
+            return None
+        instance, position = place
+        active = self._active.get(instance)
+        if active is None or active.backend != name:
+            return RollingView(instance, position)
+        return RollingView(instance, position, active.since, active.sent_prompts)
+
+    def active_backends(self) -> dict[str, str]:
+        """Instance -> its active backend, as this replica rolls them."""
+        return {instance: a.backend for instance, a in self._active.items()}
 
     def schedule(self) -> None:
         """Run the policy over the current snapshot and carry out its decisions."""
@@ -224,12 +248,22 @@ class Scheduler:
                 pending_at_dispatch=backend.pending_prefill() + d.prompt_tokens,
             )
             ticket.future.set_result(placement)
+        self._active.update(plan.activations)
         for ticket_id, credit in plan.credits.items():
             if ticket_id in self._waiting:
                 self._waiting[ticket_id].credit = credit
 
     def _reject(self, ticket: _Ticket, rejection: Rejection, now: float) -> None:
         budget = ticket.demand.deadline - now
+        if rejection.reason == "no_ready_backend":
+            ticket.future.set_exception(
+                NoBackendAvailable(
+                    f"no backend for model {ticket.demand.model!r} became ready before the "
+                    "request's time-to-first-token deadline",
+                    headers={"Retry-After": "1", REASON_HEADER: rejection.reason},
+                )
+            )
+            return
         if rejection.reason == "tpot_unattainable":
             message = (
                 f"no backend can decode model {ticket.demand.model!r} at "

@@ -21,6 +21,14 @@ class InFlightView:
     predicted_tokens: int
     reserved_kv: int  # prompt + conservative output estimate
     started: bool  # first token seen
+    first_token_at: float | None = None
+
+    def saved_s(self, now: float) -> float:
+        """Decode slack built up so far: tokens * TPOT target - time since the first token
+        (EcoServe's saved TPOT); infinite with no target or before the first token."""
+        if self.first_token_at is None or not math.isfinite(self.tpot_s):
+            return math.inf
+        return self.tokens * self.tpot_s - (now - self.first_token_at)
 
     @property
     def context(self) -> int:
@@ -29,6 +37,26 @@ class InFlightView:
     @property
     def remaining_tokens(self) -> int:
         return max(0, self.predicted_tokens - self.tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class RollingView:
+    """A backend's place in its macro instance's activation cycle."""
+
+    instance: str
+    position: int
+    active_since: float | None = None  # when it became the instance's active backend
+    sent_prompts: tuple[int, ...] = ()  # prompt tokens sent to it since then
+
+
+@dataclass(frozen=True, slots=True)
+class Activation:
+    """An instance's active backend after a pass, and what was sent to it since it became
+    active."""
+
+    backend: str
+    since: float
+    sent_prompts: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +73,7 @@ class BackendView:
     kv_capacity: int | None = None
     dispatched: int = 0  # requests sent there so far: the last tie-break, least used first
     peers: LoadTotals = NO_PEERS  # other gateway replicas' requests in flight there
+    rolling: RollingView | None = None  # its macro instance and activation, when it has one
 
     @property
     def total_in_flight(self) -> int:
@@ -91,3 +120,4 @@ class Plan:
     placements: list[Placement] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     credits: dict[int, float] = field(default_factory=dict)
+    activations: dict[str, Activation] = field(default_factory=dict)  # instance -> its state
