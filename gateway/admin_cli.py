@@ -78,6 +78,18 @@ def add_commands(commands: Any) -> None:
     delete_class = classes.add_parser("delete")
     delete_class.add_argument("name")
 
+    pools = groups.add_parser("pools", help="pools and their macro instances").add_subparsers(
+        dest="action", required=True
+    )
+    pools.add_parser("list", help="instances, active backends, scale recommendations")
+    set_pool = pools.add_parser("set", help="set a pool's macro-instance bounds")
+    set_pool.add_argument("name")
+    set_pool.add_argument("--min-size", type=int, required=True)
+    set_pool.add_argument("--max-size", type=int, required=True)
+    set_pool.add_argument("--webhook", help="URL called when the recommendation changes")
+    delete_pool = pools.add_parser("delete", help="drop a pool's settings")
+    delete_pool.add_argument("name")
+
     groups.add_parser("stats", help="queues, backends, latency models")
     predictor = groups.add_parser("predictor", help="the length model").add_subparsers(
         dest="action", required=True
@@ -138,6 +150,16 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Any, dict[str, str]]:
             "tpot_ms": args.tpot_ms,
             "on_unattainable": "best_effort" if args.best_effort else "reject",
         }
+        return "PUT", path, body, {}
+    if group == "pools":
+        if action == "list":
+            return "GET", "/admin/pools", None, {}
+        path = f"/admin/pools/{args.name}"
+        if action == "delete":
+            return "DELETE", path, None, {}
+        body = {"min_size": args.min_size, "max_size": args.max_size}
+        if args.webhook:
+            body["webhook_url"] = args.webhook
         return "PUT", path, body, {}
     if group == "predictor":
         if action == "info":

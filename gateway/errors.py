@@ -91,6 +91,12 @@ class ClassNotFound(SluiceError):
     code = "slo_class_not_found"
 
 
+class PoolNotFound(SluiceError):
+    status = 404
+    error_type = "invalid_request_error"
+    code = "pool_not_found"
+
+
 class ClassInUse(SluiceError):
     status = 409
     error_type = "conflict"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -11,6 +12,7 @@ from prometheus_client.registry import Collector
 
 from gateway.fleet import Fleet
 from gateway.records import RequestRecord
+from gateway.scaling import PoolState
 
 _LATENCY_BUCKETS = (
     0.005,
@@ -108,6 +110,48 @@ class _FleetCollector(Collector):
         yield from (estimates, observations)
 
 
+class _PoolCollector(Collector):
+    """Each pool's macro instances and scale recommendation, read at scrape time."""
+
+    def __init__(
+        self,
+        pools: Callable[[], Mapping[str, PoolState]],
+        instances: Callable[[], Mapping[str, int]],
+    ) -> None:
+        self._pools = pools
+        self._instances = instances
+
+    def collect(self) -> Iterator[Metric]:
+        def gauge(name: str, documentation: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, documentation, labels=["pool"])
+
+        count = gauge("sluice_pool_macro_instances", "Macro instances in the pool")
+        for pool, number in sorted(self._instances().items()):
+            count.add_metric([pool], number)
+        yield count
+        advice = gauge(
+            "sluice_pool_scale_recommendation",
+            "Backends to add (positive) or give back (negative); 0 holds",
+        )
+        ready = gauge("sluice_pool_ready_backends", "Backends taking traffic")
+        ratio = gauge("sluice_pool_ttft_ratio", "Moving average of TTFT over its target")
+        rejects = gauge(
+            "sluice_pool_ttft_reject_share", "Moving share of requests rejected for their TTFT"
+        )
+        saved = gauge(
+            "sluice_pool_saved_tpot_seconds", "Mean saved TPOT of the streams decoding now"
+        )
+        for pool, state in sorted(self._pools().items()):
+            s = state.signals
+            advice.add_metric([pool], state.recommendation.backends)
+            ready.add_metric([pool], s.ready)
+            ratio.add_metric([pool], s.ttft_ratio)
+            rejects.add_metric([pool], s.reject_share)
+            if math.isfinite(s.saved_tpot_s):
+                saved.add_metric([pool], s.saved_tpot_s)
+        yield from (advice, ready, ratio, rejects, saved)
+
+
 class GatewayMetrics:
     def __init__(self, fleet: Fleet, queue_depths: Callable[[], dict[str, int]]) -> None:
         self.registry = CollectorRegistry()
@@ -190,6 +234,13 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.registry.register(_FleetCollector(fleet, queue_depths))
+
+    def watch_pools(
+        self,
+        pools: Callable[[], Mapping[str, PoolState]],
+        instances: Callable[[], Mapping[str, int]],
+    ) -> None:
+        self.registry.register(_PoolCollector(pools, instances))
 
     def observe(self, record: RequestRecord) -> None:
         labels = (record.model, record.slo.class_name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
@@ -84,9 +85,19 @@ class RecordLog:
 
     def __init__(self, capacity: int) -> None:
         self._records: deque[RequestRecord] = deque(maxlen=capacity)
+        self.added = 0  # records added since the start
 
     def add(self, record: RequestRecord) -> None:
         self._records.append(record)
+        self.added += 1
+
+    def since(self, count: int) -> tuple[list[RequestRecord], int]:
+        """The records added after the first ``count`` (those still kept), and the new count
+        to pass next time."""
+        fresh = min(self.added - count, len(self._records))
+        if fresh <= 0:
+            return [], self.added
+        return list(itertools.islice(self._records, len(self._records) - fresh, None)), self.added
 
     def recent(self) -> list[RequestRecord]:
         return list(self._records)

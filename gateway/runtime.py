@@ -19,6 +19,7 @@ from gateway.learning import SharedLearning
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import Proxy
 from gateway.records import RecordLog
+from gateway.scaling import Scaler
 from gateway.scheduling.macro import instance_ids, with_layout
 from gateway.scheduling.policy import Policy, SloPolicy, least_loaded
 from gateway.scheduling.scheduler import Scheduler
@@ -47,6 +48,7 @@ class Services:
     store: Store | None = None
     config_version: int = 0
     learning: SharedLearning | None = None  # with replicas: samples and models shared
+    scaler: Scaler | None = None
 
 
 log = logging.getLogger(__name__)
@@ -115,6 +117,11 @@ class Runtime:
         fleet.on_change = scheduler.schedule
         metrics = GatewayMetrics(fleet, scheduler.queue_depths)
         records = RecordLog(s.records_kept)
+        scaler = Scaler(fleet, records, scheduler.queue_depths, session)
+        metrics.watch_pools(
+            lambda: scaler.pools,
+            lambda: {pool: len(groups) for pool, groups in self.config.macro_instances.items()},
+        )
         samples = SampleLog(s.samples_kept)
         proxy = Proxy(
             fleet,
@@ -139,6 +146,7 @@ class Runtime:
             store,
             version,
             SharedLearning(store, samples, keep=s.samples_kept) if s.redis_url else None,
+            scaler,
         )
         await fleet.probe_all()
         tick_s = self.config.scheduler.tick_ms / 1000
@@ -146,6 +154,9 @@ class Runtime:
             asyncio.create_task(background("probes", lambda: fleet.run_probes(s.probe_interval_s))),
             asyncio.create_task(background("ticks", lambda: scheduler.run_ticks(tick_s))),
             asyncio.create_task(background("config", self._watch_config)),
+            asyncio.create_task(
+                background("scaling", lambda: scaler.run(lambda: self.config, s.scale_interval_s))
+            ),
         ]
         learning = self._services.learning
         if learning is not None:

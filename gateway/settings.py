@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     learning_sync_s: float = Field(
         default=1.0, gt=0, description="How often samples are shared and shared models looked for."
     )
+    scale_interval_s: float = Field(
+        default=1.0, gt=0, description="How often each pool's scale recommendation is refreshed."
+    )
     config_poll_s: float = Field(default=0.5, gt=0, description="Longest a config change waits.")
     admin_token: str | None = Field(
         default=None,

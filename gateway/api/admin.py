@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.api import admin_config, admin_predictor, openapi
+from gateway.api import admin_config, admin_pools, admin_predictor, openapi
 from gateway.api.openai import RUNTIME
 from gateway.api.stats import stats
 from gateway.errors import AdminDisabled, Unauthorized
@@ -46,6 +46,7 @@ async def admin_auth(request: web.Request, handler: Handler) -> web.StreamRespon
 
 ROUTES: list[tuple[str, str, Any]] = [
     *admin_config.ROUTES,
+    *admin_pools.ROUTES,
     ("GET", "/admin/stats", stats),
     *admin_predictor.ROUTES,
 ]

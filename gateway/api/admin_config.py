@@ -45,7 +45,7 @@ def etag(version: int) -> str:
     return f'"{version}"'
 
 
-def _invalid(exc: ValidationError, what: str) -> InvalidRequest:
+def invalid(exc: ValidationError, what: str) -> InvalidRequest:
     """The first validation error, as a 400 whose param names the field."""
     first = exc.errors()[0]
     where = ".".join(str(part) for part in first["loc"]) or None
@@ -56,7 +56,7 @@ def validated(raw: Any) -> GatewayConfig:
     try:
         return GatewayConfig.model_validate(raw)
     except ValidationError as exc:
-        raise _invalid(exc, "config") from None
+        raise invalid(exc, "config") from None
 
 
 async def _commit(runtime: Runtime, config: GatewayConfig, expected: int) -> int:
@@ -98,7 +98,7 @@ async def edit_config(request: web.Request, edit: Callable[[dict[str, Any]], Non
     raise StaleConfig("the config kept changing under this edit; try again")
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+async def read_body(request: web.Request) -> dict[str, Any]:
     return await read_json_object(request, request.app[RUNTIME].settings.max_body_bytes)
 
 
@@ -126,7 +126,7 @@ async def put_config(request: web.Request) -> web.Response:
         expected = int(match.strip().strip('"'))
     except ValueError:
         raise InvalidRequest(f"If-Match {match!r} is not a config ETag", param="If-Match") from None
-    config = validated(await _body(request))
+    config = validated(await read_body(request))
     try:
         version = await _commit(runtime, config, expected)
     except StaleVersion as exc:
@@ -150,7 +150,7 @@ async def list_backends(request: web.Request) -> web.Response:
 
 
 async def add_backend(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await read_body(request)
 
     def edit(raw: dict[str, Any]) -> None:
         if any(b["name"] == body.get("name") for b in raw["backends"]):
@@ -168,13 +168,13 @@ async def patch_backend(request: web.Request) -> web.Response:
     pool, or the models it is meant to serve (retargeting: it takes a model's traffic only
     once its own /v1/models lists that model)."""
     name = request.match_info["name"]
-    body = await _body(request)
+    body = await read_body(request)
     if "name" in body:
         raise InvalidRequest("a backend cannot be renamed", param="name")
     try:
         patch = BackendPatch.model_validate(body).model_dump(mode="json", exclude_unset=True)
     except ValidationError as exc:
-        raise _invalid(exc, "backend patch") from None
+        raise invalid(exc, "backend patch") from None
 
     def edit(raw: dict[str, Any]) -> None:
         for backend in raw["backends"]:
@@ -218,9 +218,9 @@ async def put_class(request: web.Request) -> web.Response:
     """Create or replace one SLO class."""
     name = request.match_info["name"]
     try:
-        slo_class = SloClass.model_validate(await _body(request))
+        slo_class = SloClass.model_validate(await read_body(request))
     except ValidationError as exc:
-        raise _invalid(exc, "SLO class") from None
+        raise invalid(exc, "SLO class") from None
     created = name not in request.app[RUNTIME].config.slo_classes
 
     def edit(raw: dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from gateway.api.admin_config import BackendPatch
-from gateway.config import BackendConfig, GatewayConfig, SloClass
+from gateway.config import BackendConfig, GatewayConfig, PoolConfig, SloClass
 
 _REF = "#/components/schemas/{model}"
 
@@ -91,6 +91,21 @@ _OPERATIONS: dict[tuple[str, str], tuple[str, dict[str, Any] | None, dict[int, s
         None,
         {200: "Removed", 404: "No such class", 409: "A default names it"},
     ),
+    ("get", "/admin/pools"): (
+        "Pools: bounds, macro instances and the active backend of each, scale recommendation",
+        None,
+        {200: "Pools"},
+    ),
+    ("put", "/admin/pools/{name}"): (
+        "Create or replace a pool's bounds and webhook; its macro instances are re-laid",
+        _schema(PoolConfig),
+        {200: "Replaced", 201: "Created", 400: "Invalid pool", 503: "Shared state away"},
+    ),
+    ("delete", "/admin/pools/{name}"): (
+        "Drop a pool's settings; its backends stay, under the default bounds",
+        None,
+        {200: "Removed", 404: "No settings for that pool", 503: "Shared state away"},
+    ),
     ("get", "/admin/stats"): (
         "Queues, per-backend load and latency-model estimates",
         None,
@@ -161,7 +176,10 @@ def _operation(
 @cache
 def document() -> dict[str, Any]:
     _, defs = models_json_schema(
-        [(m, "validation") for m in (GatewayConfig, BackendConfig, BackendPatch, SloClass)],
+        [
+            (m, "validation")
+            for m in (GatewayConfig, BackendConfig, BackendPatch, SloClass, PoolConfig)
+        ],
         ref_template=_REF,
     )
     paths: dict[str, dict[str, Any]] = {}

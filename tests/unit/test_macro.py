@@ -13,8 +13,8 @@ from gateway.scheduling.macro import (
     add,
     follow,
     instance_ids,
-    remove,
     removal_candidate,
+    remove,
     valid,
     with_layout,
 )

@@ -42,9 +42,7 @@ def view(
     kv: int | None = None,
     cap: int = 64,
 ) -> BackendView:
-    rolling = (
-        RollingView(instance, position, active_since, sent) if instance is not None else None
-    )
+    rolling = RollingView(instance, position, active_since, sent) if instance is not None else None
     return BackendView(
         name,
         True,
@@ -138,7 +136,8 @@ def test_pick_sticks_to_the_active_backend_while_its_check_passes() -> None:
     ]
     instances = cycles(loads)
     chosen = pick(instances, {"a", "b", "c"}, wait(budget=0.2), NOW, epsilon=1.0, margin=1.0)
-    assert chosen is not None and chosen.view.name == "b"
+    assert chosen is not None
+    assert chosen.view.name == "b"
     assert instances[0].activation() == Activation("b", -10.0, (100, 100))
 
 
@@ -151,7 +150,8 @@ def test_pick_rolls_to_the_next_backend_when_the_active_one_fails() -> None:
     instances = cycles(loads)
     # On b: three prefills, 0.3 s > 0.2 s. The next in the cycle, c, starts afresh.
     chosen = pick(instances, {"a", "b", "c"}, wait(budget=0.2), NOW, epsilon=1.0, margin=1.0)
-    assert chosen is not None and chosen.view.name == "c"
+    assert chosen is not None
+    assert chosen.view.name == "c"
     assert instances[0].activation() == Activation("c", NOW, (100,))
 
 
@@ -163,7 +163,8 @@ def test_pick_wraps_around_and_skips_backends_that_do_not_admit() -> None:
     ]
     instances = cycles(loads)
     chosen = pick(instances, {"b", "c"}, wait(budget=0.2), NOW, epsilon=1.0, margin=1.0)
-    assert chosen is not None and chosen.view.name == "b"
+    assert chosen is not None
+    assert chosen.view.name == "b"
 
 
 def test_pick_returns_none_when_no_backend_passes() -> None:
@@ -182,7 +183,8 @@ def test_pick_prefers_the_instance_with_more_headroom() -> None:
         BackendLoad.of(view("c", instance="p/1")),
     ]
     chosen = pick(cycles(loads), {"a", "b", "c"}, wait(), NOW, epsilon=1.0, margin=1.0)
-    assert chosen is not None and chosen.view.name == "c"
+    assert chosen is not None
+    assert chosen.view.name == "c"
 
 
 def test_a_backend_outside_any_instance_is_an_instance_of_its_own() -> None:
@@ -204,7 +206,8 @@ def test_policy_with_rolling_holds_the_queue_when_no_instance_passes() -> None:
     slow = (decoding(1, 0.05, 1.0),)
     backends = [view("a", slow)]
     plan = SloPolicy(rolling=True, credits=False, reject=False)([wait(1), wait(2)], backends, NOW)
-    assert plan.placements == [] and plan.rejections == []
+    assert plan.placements == []
+    assert plan.rejections == []
 
 
 def test_policy_without_rolling_ignores_instances() -> None:
