@@ -102,7 +102,8 @@ def valid(instances: Instances, bounds: Bounds) -> bool:
 
 def follow(previous: Instances, members: Sequence[str], bounds: Bounds) -> Instances:
     """The pool's instances after its backends became ``members``: removals, then additions
-    in order, by the rules above. A layout the bounds no longer allow is rebuilt."""
+    in order, by the rules above; then any merge the bounds allow (they may have been
+    raised). A layout the bounds no longer allow is rebuilt."""
     wanted = set(members)
     seen: set[str] = set()
     instances: Instances = ()
@@ -118,6 +119,7 @@ def follow(previous: Instances, members: Sequence[str], bounds: Bounds) -> Insta
         if name not in placed:
             instances = add(instances, name, bounds)
             placed.add(name)
+    instances = _rebalance(_merge(instances, bounds), bounds)
     if not valid(instances, bounds) and instances:
         rebuilt: Instances = ()
         for name in (n for group in instances for n in group):
