@@ -53,7 +53,10 @@ def run_virtual(
     prior: LatencyPrior,
     lengths: LengthModel,
     slo_scale: float = 1.0,
+    instances: dict[str, tuple[str, int]] | None = None,
 ) -> list[Result]:
+    """Serve ``items`` on ``backends`` engines named b0, b1, ...; ``instances`` places them in
+    macro instances (backend -> instance, place in its cycle) for rolling activation."""
     now = [0.0]
 
     def clock() -> float:
@@ -78,6 +81,7 @@ def run_virtual(
         backend.discovered = frozenset({MODEL})
         backend.load = EngineLoad(kv_capacity_tokens=profile.kv_tokens)
     queue = Scheduler(fleet, make_policy(scheduler), clock=clock)
+    queue.instances = dict(instances or {})
     loop = asyncio.new_event_loop()  # only to create futures; it never runs
     live: dict[tuple[str, int], _Live] = {}
     finished: list[tuple[str, int]] = []

@@ -1,0 +1,221 @@
+"""Benchmark of macro instances with rolling prefill activation (issue: macro instances).
+
+Eight simulated Llama-3.1-8B/H100 servers. Arrivals follow the Azure conversation trace,
+rescaled to 1x and 1.5x the fleet's capacity for this mix; most prompts are ShareGPT's with
+their real reply lengths, and a share are long-prompt conversations from the Mooncake trace
+(input and output lengths from the trace: a mean near 12k prompt tokens). SLO classes are
+drawn uniformly from SCORPIO's six. The same arrivals go to each placement:
+  * least-loaded forwarding, no gateway queue;
+  * the guards with their own placement (least budget used);
+  * the guards with rolling activation in two macro instances of four (pool bounds 2..4);
+  * the guards with rolling activation in one macro instance of eight.
+All run the gateway's own scheduler, policies, online latency models and length predictor in
+virtual time against the simulator's engine model (bench.virtual_gateway).
+Writes bench/reports/macro.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.data import PromptSample, data_dir, load_sharegpt
+from bench.guards import capacity_per_backend, plot_by_load, summarize
+from bench.publish import REPORTS, publish
+from bench.sim.profiles import get_profile
+from bench.virtual_gateway import run_virtual
+from bench.workload import SCORPIO_CLASSES, Result, azure_gaps, plan, scaled_arrivals
+from gateway.config import GatewayConfig, LatencyPrior, SchedulerConfig
+from gateway.scheduling.macro import instance_ids, with_layout
+from predictor import artifact
+
+BACKENDS = 8
+MAX_MODEL_LEN = 32_000
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "least_loaded": {"scheduler": {"policy": "least_loaded"}, "max_in_flight": 100_000},
+    "guards": {"scheduler": {}, "max_in_flight": 256},
+    "rolling_2x4": {
+        "scheduler": {"placement": "rolling"},
+        "max_in_flight": 256,
+        "pool": {"min_size": 2, "max_size": 4},
+    },
+    "rolling_1x8": {
+        "scheduler": {"placement": "rolling"},
+        "max_in_flight": 256,
+        "pool": {"min_size": 1, "max_size": 8},
+    },
+}
+LABELS = {
+    "least_loaded": "least-loaded, no queue",
+    "guards": "guards, own placement",
+    "rolling_2x4": "guards + rolling, 2 instances of 4",
+    "rolling_1x8": "guards + rolling, 1 instance of 8",
+}
+
+
+def mooncake(limit: int | None = None) -> list[PromptSample]:
+    """Mooncake conversation requests that fit the engine's context, as prompt samples: a
+    stand-in text of the right length (about 4 characters a token, as the gateway counts)."""
+    samples = []
+    path = data_dir() / "traces" / "mooncake_conversation_trace.jsonl"
+    with path.open() as lines:
+        for number, line in enumerate(lines):
+            row = json.loads(line)
+            prompt, output = int(row["input_length"]), int(row["output_length"])
+            if prompt + output > MAX_MODEL_LEN:
+                continue
+            text = f"conversation {number}: " + "word" * prompt
+            samples.append(PromptSample(f"mooncake-{number}", text, prompt, output))
+            if limit is not None and len(samples) >= limit:
+                break
+    return samples
+
+
+def layout(pool: dict[str, int] | None) -> dict[str, tuple[str, int]] | None:
+    """Backend -> (macro instance, place in its cycle), by the gateway's own mitosis rules."""
+    if pool is None:
+        return None
+    config = GatewayConfig.model_validate(
+        {
+            "pools": {"default": pool},
+            "backends": [
+                {"name": f"b{i}", "url": f"http://127.0.0.1:{9000 + i}"} for i in range(BACKENDS)
+            ],
+        }
+    )
+    return instance_ids(with_layout(config))
+
+
+def mixed(short: list[PromptSample], long: list[PromptSample], share: float, seed: int) -> Any:
+    """Draw each request from the long set with probability ``share``."""
+    rng = random.Random(seed)
+    return lambda: rng.choice(long) if rng.random() < share else rng.choice(short)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    short = [s for s in load_sharegpt() if s.prompt_tokens < 6000]
+    long = mooncake(limit=3000)
+    draw = mixed(short, long, args.long_share, seed=11)
+    population = [draw() for _ in range(6000)]
+    per_backend = capacity_per_backend(population, args.max_tokens)
+    capacity = per_backend * BACKENDS
+    lengths = artifact.load().model
+    print(f"capacity: {per_backend:.2f} req/s per server, {capacity:.1f} for the fleet", flush=True)
+    gaps = azure_gaps()
+    results: dict[str, dict[str, Any]] = {}
+    for load in args.loads:
+        arrivals = scaled_arrivals(gaps, args.requests, load * capacity, offset=1000)
+        items = plan(
+            population,
+            arrivals,
+            list(SCORPIO_CLASSES),
+            seed=int(load * 100),
+            max_tokens=args.max_tokens,
+        )
+        long_items = sum(item.sample.conversation.startswith("mooncake") for item in items)
+        for name in args.configs:
+            spec = CONFIGS[name]
+            started = time.monotonic()
+            outcome: list[Result] = run_virtual(
+                items,
+                profile=get_profile("llama8b-h100"),
+                backends=BACKENDS,
+                scheduler=SchedulerConfig.model_validate(spec["scheduler"]),
+                max_in_flight=spec["max_in_flight"],
+                prior=LatencyPrior(),
+                lengths=lengths,
+                instances=layout(spec.get("pool")),
+            )
+            summary = summarize(outcome, 1.0, arrivals[-1])
+            summary["wall_s"] = round(time.monotonic() - started, 1)
+            summary["long_prompt_requests"] = long_items
+            results.setdefault(f"{load:g}", {})[name] = summary
+            print(
+                f"load {load:g}x {name}: goodput {summary['goodput_rps']:.1f} req/s, attainment "
+                f"{summary['attainment_offered']:.3f} offered / "
+                f"{summary['attainment_admitted'] or 0:.3f} admitted, p99 TTFT "
+                f"{summary['ttft_p99_ms'] or 0:.0f} ms, p99 TPOT {summary['tpot_p99_ms'] or 0:.1f}"
+                f" ms ({summary['wall_s']} s)",
+                flush=True,
+            )
+    return {
+        "benchmark": "macro_instances",
+        "mode": "virtual time (gateway scheduling code + engine model)",
+        "backends": BACKENDS,
+        "profile": "llama8b-h100",
+        "requests_per_run": args.requests,
+        "long_share": args.long_share,
+        "max_tokens": args.max_tokens,
+        "capacity_rps": capacity,
+        "results": results,
+    }
+
+
+def _fmt(value: Any, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(data: dict[str, Any], notes: str) -> str:
+    lines = [
+        "# Macro instances: rolling prefill activation against the guards' own placement",
+        "",
+        f"Mode: {data['mode']}. {data['backends']} simulated Llama-3.1-8B/H100 servers; "
+        f"fleet capacity {data['capacity_rps']:.1f} req/s for this mix (engine model, "
+        f"saturated). {data['requests_per_run']} requests per run: Azure conversation-trace "
+        f"arrivals rescaled to each load; {100 * data['long_share']:.0f}% of requests are "
+        "Mooncake conversation requests (trace input and output lengths, up to 32k tokens in "
+        "all), the rest ShareGPT prompts with their real reply lengths; replies capped at "
+        f"{data['max_tokens']} tokens; SCORPIO's six SLO classes drawn uniformly. Latencies in "
+        "ms of the modelled GPUs' time.",
+        "",
+        "![macro](macro.png)",
+        "",
+        "| load | placement | goodput req/s | vs guards | attain. offered | attain. admitted "
+        "| p99 TTFT ms | p99 TPOT ms | rejected |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for load, runs in data["results"].items():
+        base = runs.get("guards", {}).get("goodput_rps")
+        for name, row in runs.items():
+            ratio = row["goodput_rps"] / base if base else None
+            lines.append(
+                f"| {load}x | {LABELS[name]} | {row['goodput_rps']:.2f} | {_fmt(ratio, '.2f')} | "
+                f"{row['attainment_offered']:.3f} | {_fmt(row['attainment_admitted'], '.3f')} | "
+                f"{_fmt(row['ttft_p99_ms'], '.0f')} | {_fmt(row['tpot_p99_ms'], '.1f')} | "
+                f"{row['rejection_rate']:.3f} |"
+            )
+    return "\n".join(lines) + "\n\n" + notes
+
+
+def plot(data: dict[str, Any], path: Path) -> None:
+    plot_by_load(data["results"], LABELS, path)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--loads", type=float, nargs="+", default=[1.0, 1.5])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--requests", type=int, default=6000)
+    parser.add_argument("--long-share", type=float, default=0.1)
+    parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--notes", type=Path, help="Markdown appended to the report")
+    parser.add_argument("--out", type=Path, default=REPORTS)
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite the report from the saved macro.json"
+    )
+    args = parser.parse_args()
+    data = json.loads((args.out / "macro.json").read_text()) if args.report_only else run(args)
+    notes = args.notes.read_text() if args.notes else data.get("notes", "")
+    data["notes"] = notes
+    publish(args.out, "macro", data, markdown(data, notes), plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
