@@ -84,6 +84,17 @@ async def test_admin_cli_drives_the_api(
     assert code == 1
     assert "409 stale_version" in err
 
+    code, pool, err = await _admin(gw, "pools", "set", "p", "--min-size", "1", "--max-size", "1")
+    assert code == 0, err
+    assert pool["pool"]["max_size"] == 1
+    code, pools, _ = await _admin(gw, "pools", "list")
+    assert [i["backends"][0]["name"] for i in pools["pools"]["p"]["macro_instances"]] == ["b1"]
+    code, _, err = await _admin(gw, "pools", "set", "p", "--min-size", "3", "--max-size", "4")
+    assert code == 1
+    assert "400" in err
+    code, _, _ = await _admin(gw, "pools", "delete", "p")
+    assert code == 0
+
     code, _, err = await _admin(gw, "stats", token="wrong")
     assert code == 1
     assert "401" in err
