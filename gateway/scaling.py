@@ -147,7 +147,10 @@ class Scaler:
         pool_of = {name: pool for pool, names in members.items() for name in names}
         fresh, self._read = self.records.since(self._read)
         for record in fresh:
-            pool = pool_of.get(record.backend or "") or self._pool_of_model(config, record.model)
+            # A request that reached no backend counts for the pool named after its model.
+            pool = pool_of.get(record.backend or "") or (
+                record.model if record.model in members else None
+            )
             if pool is not None:
                 self._averages.setdefault(pool, _Averages()).add(record, self.alpha)
         depths = self.queue_depths()
@@ -169,11 +172,6 @@ class Scaler:
             del self.pools[pool]
         return changed
 
-    @staticmethod
-    def _pool_of_model(config: GatewayConfig, model: str) -> str | None:
-        """A request that reached no backend counts for the pool named after its model."""
-        return model if model in pool_members(config.backends) else None
-
     def _signals(
         self,
         config: GatewayConfig,
@@ -182,7 +180,8 @@ class Scaler:
         depths: dict[str, int],
         now: float,
     ) -> Signals:
-        backends = [b for b in self.fleet if b.name in set(names)]
+        wanted = set(names)
+        backends = [b for b in self.fleet if b.name in wanted]
         models = {pool} | {m for b in backends for m in b.config.models}
         saved = [
             r.tokens * r.tpot_s - (now - r.first_token_at)
