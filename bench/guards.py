@@ -287,6 +287,16 @@ def _fmt(value: Any, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def result_cells(row: dict[str, Any], ratio: float | None) -> str:
+    """The cells every report's results table starts with, after load and label: goodput,
+    its ratio to the baseline, attainment over offered and admitted, p99 TTFT and TPOT."""
+    return (
+        f"{row['goodput_rps']:.2f} | {_fmt(ratio, '.2f')} | "
+        f"{row['attainment_offered']:.3f} | {_fmt(row['attainment_admitted'], '.3f')} | "
+        f"{_fmt(row['ttft_p99_ms'], '.0f')} | {_fmt(row['tpot_p99_ms'], '.1f')}"
+    )
+
+
 def markdown(data: dict[str, Any]) -> str:
     lines = [
         "# SLO guards: goodput and attainment, with ablation",
@@ -310,9 +320,7 @@ def markdown(data: dict[str, Any]) -> str:
         for name, row in runs.items():
             ratio = row["goodput_rps"] / base if base else None
             lines.append(
-                f"| {load}x | {LABELS[name]} | {row['goodput_rps']:.2f} | {_fmt(ratio, '.2f')} | "
-                f"{row['attainment_offered']:.3f} | {_fmt(row['attainment_admitted'], '.3f')} | "
-                f"{_fmt(row['ttft_p99_ms'], '.0f')} | {_fmt(row['tpot_p99_ms'], '.1f')} | "
+                f"| {load}x | {LABELS[name]} | {result_cells(row, ratio)} | "
                 f"{row['rejection_rate']:.2f} | {_fmt(row['time_to_reject_p50_ms'], '.1f')} / "
                 f"{_fmt(row['time_to_reject_p99_ms'], '.1f')} |"
             )

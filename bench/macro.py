@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.data import PromptSample, data_dir, load_sharegpt
-from bench.guards import capacity_per_backend, plot_by_load, summarize
+from bench.guards import capacity_per_backend, plot_by_load, result_cells, summarize
 from bench.publish import REPORTS, publish
 from bench.sim.profiles import get_profile
 from bench.virtual_gateway import run_virtual
@@ -157,10 +157,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _fmt(value: Any, spec: str = ".1f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def markdown(data: dict[str, Any], notes: str) -> str:
     lines = [
         "# Macro instances: rolling prefill activation against the guards' own placement",
@@ -185,9 +181,7 @@ def markdown(data: dict[str, Any], notes: str) -> str:
         for name, row in runs.items():
             ratio = row["goodput_rps"] / base if base else None
             lines.append(
-                f"| {load}x | {LABELS[name]} | {row['goodput_rps']:.2f} | {_fmt(ratio, '.2f')} | "
-                f"{row['attainment_offered']:.3f} | {_fmt(row['attainment_admitted'], '.3f')} | "
-                f"{_fmt(row['ttft_p99_ms'], '.0f')} | {_fmt(row['tpot_p99_ms'], '.1f')} | "
+                f"| {load}x | {LABELS[name]} | {result_cells(row, ratio)} | "
                 f"{row['rejection_rate']:.3f} |"
             )
     return "\n".join(lines) + "\n\n" + notes

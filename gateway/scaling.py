@@ -94,7 +94,6 @@ class _Averages:
     ttft_ratio: float = 0.0
     reject_share: float = 0.0
     ttft_target_s: float = math.nan
-    seen: int = 0
 
     def add(self, record: RequestRecord, alpha: float) -> None:
         rejected = record.outcome == "rejected" and record.reject_reason in REJECTED_FOR_TTFT
@@ -108,7 +107,6 @@ class _Averages:
         ttft = record.ttft_s
         if record.outcome == "ok" and ttft is not None and target > 0:
             self.ttft_ratio += alpha * (ttft / target - self.ttft_ratio)
-        self.seen += 1
 
 
 @dataclass(slots=True)
@@ -116,7 +114,6 @@ class PoolState:
     pool: str
     signals: Signals
     recommendation: Recommendation
-    since: float
 
     def as_json(self) -> dict[str, Any]:
         signals = {
@@ -162,11 +159,9 @@ class Scaler:
             )
             advice = recommend(signals, candidate, self.limits)
             old = self.pools.get(pool)
+            state = PoolState(pool, signals, advice)
             if old is None or old.recommendation != advice:
-                state = PoolState(pool, signals, advice, now)
                 changed.append(state)
-            else:
-                state = PoolState(pool, signals, advice, old.since)
             self.pools[pool] = state
         for pool in set(self.pools) - set(members):
             del self.pools[pool]

@@ -7,7 +7,7 @@ cannot overwrite each other unseen; each replica then swaps in the new snapshot.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
@@ -214,19 +214,33 @@ async def list_classes(request: web.Request) -> web.Response:
     )
 
 
-async def put_class(request: web.Request) -> web.Response:
-    """Create or replace one SLO class."""
+Entry = TypeVar("Entry", bound=BaseModel)
+
+
+async def put_entry(
+    request: web.Request, section: str, kind: type[Entry], what: str
+) -> tuple[str, Entry, int, bool]:
+    """Create or replace the entry named in the path in one of the config's named sections
+    (``slo_classes``, ``pools``). Returns its name, the validated entry, the new version,
+    and whether it was created."""
     name = request.match_info["name"]
     try:
-        slo_class = SloClass.model_validate(await read_body(request))
+        entry = kind.model_validate(await read_body(request))
     except ValidationError as exc:
-        raise invalid(exc, "SLO class") from None
-    created = name not in request.app[RUNTIME].config.slo_classes
+        raise invalid(exc, what) from None
+    created = name not in getattr(request.app[RUNTIME].config, section)
 
     def edit(raw: dict[str, Any]) -> None:
-        raw["slo_classes"][name] = slo_class.model_dump(mode="json")
+        raw[section][name] = entry.model_dump(mode="json")
 
-    version = await edit_config(request, edit)
+    return name, entry, await edit_config(request, edit), created
+
+
+async def put_class(request: web.Request) -> web.Response:
+    """Create or replace one SLO class."""
+    name, slo_class, version, created = await put_entry(
+        request, "slo_classes", SloClass, "SLO class"
+    )
     return web.json_response(
         {"name": name, "slo_class": slo_class.model_dump(mode="json"), "version": version},
         status=201 if created else 200,

@@ -11,9 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from pydantic import ValidationError
 
-from gateway.api.admin_config import Method, edit_config, invalid, read_body
+from gateway.api.admin_config import Method, edit_config, put_entry
 from gateway.api.openai import RUNTIME
 from gateway.config import PoolConfig
 from gateway.errors import PoolNotFound
@@ -69,17 +68,7 @@ async def list_pools(request: web.Request) -> web.Response:
 
 async def put_pool(request: web.Request) -> web.Response:
     """Create or replace a pool's settings (bounds, webhook); its instances are re-laid."""
-    name = request.match_info["name"]
-    try:
-        pool = PoolConfig.model_validate(await read_body(request))
-    except ValidationError as exc:
-        raise invalid(exc, "pool") from None
-    created = name not in request.app[RUNTIME].config.pools
-
-    def edit(raw: dict[str, Any]) -> None:
-        raw["pools"][name] = pool.model_dump(mode="json")
-
-    version = await edit_config(request, edit)
+    name, _, version, created = await put_entry(request, "pools", PoolConfig, "pool")
     body = pools_view(request)["pools"].get(name, {})
     return web.json_response(
         {"name": name, "pool": body, "version": version}, status=201 if created else 200
