@@ -199,5 +199,7 @@ async def test_cold_start_holds_requests_and_recommends_scale_out(
             text = await response.text()
         assert f'sluice_pool_ready_backends{{pool="{MODEL}"}} 1.0' in text
         assert f'sluice_pool_macro_instances{{pool="{MODEL}"}} 1.0' in text
+        # One ready backend, nothing waiting: hold, neither add nor give back.
+        assert f'sluice_pool_scale_recommendation{{pool="{MODEL}"}} 0.0' in text
     finally:
         await receiver.stop()
