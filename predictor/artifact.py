@@ -19,8 +19,8 @@ import numpy as np
 from predictor.features import DENSE_NAMES, HASH_BITS, SCHEMA
 from predictor.model import QUANTILES, LengthModel
 
-FORMAT = "sluice-length-model/1"
-PACKAGED = Path(__file__).resolve().parent / "artifacts" / "length-v1.json"
+FORMAT = "sluice-length-model/2"
+PACKAGED = Path(__file__).resolve().parent / "artifacts" / "length-v2.json"
 
 
 class ArtifactError(Exception):
@@ -72,6 +72,7 @@ def save(
 ) -> None:
     """Write ``NAME.npz`` and its manifest ``NAME.json``."""
     weights = manifest_path.with_suffix(".npz")
+    manifest_path.parent.mkdir(parents=True, exist_ok=True)
     manifest, data = encode(model, version=version, training=training, weights_name=weights.name)
     weights.write_bytes(data)
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from predictor.features import PromptInfo, info_from_row
+from predictor.features import PromptInfo, info_from_row, reply_fields
 
 HELD_OUT_MODULUS = 5  # one conversation in five is held out
 
@@ -37,13 +37,44 @@ def sample_from_row(row: dict[str, Any]) -> Sample:
     )
 
 
+def with_earlier_replies(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows whose earlier replies are not recorded get them from the rows of the same
+    conversation with a lower turn (their ``output_tokens``), as a chat request carries them."""
+    outputs: dict[str, list[tuple[int, int]]] = {}
+    for row in rows:
+        if "conversation" in row and "replies" not in row:
+            outputs.setdefault(str(row["conversation"]), []).append(
+                (int(row.get("turn", 0)), int(row["output_tokens"]))
+            )
+    filled = []
+    for row in rows:
+        if "conversation" in row and "replies" not in row:
+            turn = int(row.get("turn", 0))
+            earlier = sorted(t for t in outputs[str(row["conversation"])] if t[0] < turn)
+            row = {**row, **reply_fields([tokens for _, tokens in earlier])}
+        filled.append(row)
+    return filled
+
+
 def load_samples(path: Path) -> list[Sample]:
-    samples = []
+    rows: list[tuple[int, dict[str, Any]]] = []
     for number, line in enumerate(_lines(path), 1):
         if not line.strip():
             continue
         try:
-            samples.append(sample_from_row(json.loads(line)))
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise TypeError("a row is a JSON object")
+            int(row["output_tokens"])
+            int(row.get("turn", 0))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}:{number}: not a lengths row: {exc}") from exc
+        rows.append((number, row))
+    filled = with_earlier_replies([row for _, row in rows])
+    samples = []
+    for (number, _), row in zip(rows, filled, strict=True):
+        try:
+            samples.append(sample_from_row(row))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}:{number}: not a lengths row: {exc}") from exc
     return samples

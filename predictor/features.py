@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA = "sluice-length-features/1"
+SCHEMA = "sluice-length-features/2"
 HASH_BITS = 18
 HASH_SIZE = 1 << HASH_BITS
 _MASK = HASH_SIZE - 1
@@ -74,6 +74,9 @@ _WINDOW_HEAD, _WINDOW_TAIL = 3000, 600
 DENSE_NAMES: tuple[str, ...] = (
     "log_prompt_tokens",
     "log_history_tokens",
+    "log_last_reply_tokens",
+    "log_mean_reply_tokens",
+    "replies",
     "turn",
     "first_turn",
     "has_system",
@@ -98,6 +101,11 @@ class PromptInfo:
     has_system: bool = False
     max_tokens: int | None = None
     model: str | None = None
+    # The assistant's earlier replies in the conversation: how many, the last one's length
+    # and their mean length (a reply's length predicts the next one's well).
+    replies: int = 0
+    last_reply_tokens: int = 0
+    mean_reply_tokens: float = 0.0
 
 
 def approx_tokens(text: str) -> int:
@@ -128,6 +136,11 @@ def info_from_request(body: Mapping[str, Any]) -> PromptInfo:
         history = sum(
             approx_tokens(content_text(m.get("content"))) for i, m in enumerate(turns) if i != last
         )
+        replies = [
+            approx_tokens(content_text(m.get("content")))
+            for m in turns[:last]
+            if m.get("role") == "assistant"
+        ]
         return PromptInfo(
             prompt=prompt,
             history_tokens=history,
@@ -135,18 +148,40 @@ def info_from_request(body: Mapping[str, Any]) -> PromptInfo:
             has_system=any(m.get("role") in ("system", "developer") for m in turns),
             max_tokens=max_tokens,
             model=model,
+            **reply_fields(replies),
         )
     raw = body.get("prompt", "")
     prompt = " ".join(str(p) for p in raw) if isinstance(raw, list) else str(raw)
     return PromptInfo(prompt=prompt, max_tokens=max_tokens, model=model)
 
 
+def reply_fields(replies: list[int]) -> dict[str, Any]:
+    """The PromptInfo fields that describe the assistant's earlier replies (tokens each)."""
+    if not replies:
+        return {}
+    return {
+        "replies": len(replies),
+        "last_reply_tokens": replies[-1],
+        "mean_reply_tokens": sum(replies) / len(replies),
+    }
+
+
 def info_from_row(row: Mapping[str, Any]) -> PromptInfo:
-    """The PromptInfo of a data-set row (ShareGPT-lengths format)."""
+    """The PromptInfo of a data-set row (ShareGPT-lengths format, or a recorded sample with
+    its chat structure). A data-set row's earlier replies come from its conversation's earlier
+    rows: see ``predictor.data``."""
+    limit = row.get("max_tokens")
+    model = row.get("model")
     return PromptInfo(
         prompt=str(row["prompt"]),
         history_tokens=int(row.get("history_tokens", 0)),
         turn=int(row.get("turn", 0)),
+        has_system=bool(row.get("has_system", False)),
+        max_tokens=int(limit) if limit is not None else None,
+        model=str(model) if model is not None else None,
+        replies=int(row.get("replies", 0)),
+        last_reply_tokens=int(row.get("last_reply_tokens", 0)),
+        mean_reply_tokens=float(row.get("mean_reply_tokens", 0.0)),
     )
 
 
@@ -180,6 +215,9 @@ def dense_features(info: PromptInfo, words: list[str]) -> np.ndarray:
     values = [
         math.log1p(approx_tokens(text)),
         math.log1p(info.history_tokens),
+        math.log1p(info.last_reply_tokens),
+        math.log1p(info.mean_reply_tokens),
+        float(min(info.replies, MAX_TURN)),
         float(min(info.turn, MAX_TURN)),
         1.0 if info.turn == 0 else 0.0,
         1.0 if info.has_system else 0.0,

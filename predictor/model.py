@@ -1,5 +1,10 @@
 """The output-length model: a hashed-n-gram ridge score stacked into boosted trees, with
-conditional quantiles from held-out residuals."""
+conditional quantiles from held-out residuals.
+
+Both stages predict a normal score of the output length's rank among the training replies
+(a rank-preserving target that weighs every part of the range alike, which ranks better
+than log tokens); ``TargetScale`` maps a score back to tokens.
+"""
 
 from __future__ import annotations
 
@@ -63,24 +68,37 @@ class QuantileTable:
 
 
 @dataclass(frozen=True)
+class TargetScale:
+    """Normal scores and the log1p(tokens) at the same training quantiles, both increasing:
+    a score maps to tokens by interpolation (clamped to the training range)."""
+
+    scores: np.ndarray
+    log_tokens: np.ndarray
+
+    def tokens(self, score: float) -> float:
+        return math.expm1(float(np.interp(score, self.scores, self.log_tokens)))
+
+
+@dataclass(frozen=True)
 class LengthModel:
     ridge: TextRidge
     trees: TreeEnsemble
     quantiles: QuantileTable
+    scale: TargetScale
 
-    def log_prediction(self, info: PromptInfo) -> float:
-        """The point prediction in log1p(tokens)."""
+    def score(self, info: PromptInfo) -> float:
+        """The point prediction as a normal score (rank-preserving in tokens)."""
         counts, dense = featurize(info)
         ridge = self.ridge.score(counts, dense)
         return float(self.trees.predict(np.append(dense, ridge))[0])
 
     def predict(self, info: PromptInfo) -> Prediction:
-        mu = self.log_prediction(info)
+        mu = self.score(info)
         q10, q50, q90, q95 = (mu + self.quantiles.offsets(mu)).tolist()
         cap = info.max_tokens
 
-        def tokens(log_value: float) -> int:
-            value = max(1, round(math.expm1(log_value)))
+        def tokens(score: float) -> int:
+            value = max(1, round(self.scale.tokens(score)))
             return min(value, cap) if cap is not None else value
 
         return Prediction(tokens(mu), tokens(q10), tokens(q50), tokens(q90), tokens(q95))
@@ -96,6 +114,8 @@ class LengthModel:
             "ridge_intercept": np.asarray([r.intercept]),
             "quantile_edges": q.edges,
             "quantile_residuals": q.residuals,
+            "scale_scores": self.scale.scores,
+            "scale_log_tokens": self.scale.log_tokens,
             **self.trees.arrays(),
         }
 
@@ -114,4 +134,9 @@ class LengthModel:
         quantiles = QuantileTable(arrays["quantile_edges"], arrays["quantile_residuals"])
         if quantiles.residuals.shape != (len(quantiles.edges) + 1, len(QUANTILES)):
             raise ValueError("quantile table has the wrong shape")
-        return cls(ridge, TreeEnsemble.from_arrays(arrays), quantiles)
+        scale = TargetScale(arrays["scale_scores"], arrays["scale_log_tokens"])
+        if scale.scores.ndim != 1 or scale.scores.shape != scale.log_tokens.shape:
+            raise ValueError("the target scale's two columns differ in shape")
+        if scale.scores.size < 2 or np.any(np.diff(scale.scores) <= 0):
+            raise ValueError("the target scale's scores must increase")
+        return cls(ridge, TreeEnsemble.from_arrays(arrays), quantiles, scale)

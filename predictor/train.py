@@ -8,17 +8,19 @@ from typing import Any
 
 import numpy as np
 from scipy import sparse
+from scipy.stats import norm, rankdata
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import GroupKFold
 
 from predictor.data import Sample
 from predictor.features import HASH_SIZE, featurize
-from predictor.model import QUANTILES, LengthModel, QuantileTable, TextRidge
+from predictor.model import QUANTILES, LengthModel, QuantileTable, TargetScale, TextRidge
 from predictor.trees import export
 
 RIDGE_ALPHA = 3.0
 QUANTILE_BINS = 8
+SCALE_POINTS = 257
 
 
 @dataclass(frozen=True)
@@ -87,11 +89,19 @@ def _ridge_scores(model: TextRidge, text: sparse.csr_matrix, dense: np.ndarray) 
     return np.asarray(tfidf @ model.coef + scaled @ model.dense_coef + model.intercept)
 
 
+def normal_scores(tokens: np.ndarray) -> tuple[np.ndarray, TargetScale]:
+    """Each reply's normal score of its rank (ties share one), and the map back to tokens."""
+    scores = norm.ppf((rankdata(tokens) - 0.5) / len(tokens))
+    levels = np.linspace(0.5, len(tokens) - 0.5, SCALE_POINTS) / len(tokens)
+    return scores, TargetScale(norm.ppf(levels), np.log1p(np.quantile(tokens, levels)))
+
+
 def fit(samples: list[Sample], *, seed: int = 0) -> tuple[LengthModel, Baselines, dict[str, Any]]:
     """Fit the model on ``samples``; conversations never straddle the internal splits."""
     started = time.monotonic()
     groups = np.asarray([s.group for s in samples])
-    target = np.log1p(np.asarray([s.output_tokens for s in samples], dtype=np.float64))
+    tokens = np.asarray([s.output_tokens for s in samples], dtype=np.float64)
+    target, scale = normal_scores(tokens)
     text, dense = _design(samples)
 
     # Ridge scores for the trees come from out-of-fold fits, so the trees learn how far to
@@ -120,10 +130,10 @@ def fit(samples: list[Sample], *, seed: int = 0) -> tuple[LengthModel, Baselines
             for b in range(QUANTILE_BINS)
         ]
     )
-    model = LengthModel(ridge, export(boosted), QuantileTable(edges, table))
+    model = LengthModel(ridge, export(boosted), QuantileTable(edges, table), scale)
 
     # Prompt-length baseline: log output against log prompt tokens (dense column 0).
-    slope, intercept = np.polyfit(dense[:, 0], target, 1)
+    slope, intercept = np.polyfit(dense[:, 0], np.log1p(tokens), 1)
     baselines = Baselines(
         train_mean=float(np.mean([s.output_tokens for s in samples])),
         length_slope=float(slope),
@@ -132,7 +142,7 @@ def fit(samples: list[Sample], *, seed: int = 0) -> tuple[LengthModel, Baselines
     metadata = {
         "samples": len(samples),
         "conversations": len(set(groups.tolist())),
-        "target": "log1p(output_tokens)",
+        "target": "normal score of the output tokens' rank",
         "ridge_alpha": RIDGE_ALPHA,
         "trees": int(model.trees.feature.shape[0]),
         "tree_depth": model.trees.depth,

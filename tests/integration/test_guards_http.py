@@ -170,7 +170,7 @@ async def test_completed_requests_become_samples_and_retrain_is_guarded(
             assert response.status == 200
     async with http.get(gateway.url + "/admin/predictor") as response:
         info = await response.json()
-    assert info["version"] == "1"
+    assert info["version"] == "2"
     assert info["samples"] == 5
     async with http.get(gateway.url + "/admin/predictor/samples") as response:
         lines = (await response.text()).splitlines()

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from predictor.data import Sample
+from predictor.data import Sample, sample_from_row
 from predictor.features import PromptInfo
 from predictor.online import SampleLog, better, retrain, to_jsonl
 from predictor.train import fit
@@ -60,9 +60,12 @@ def test_too_few_samples_keep_the_model() -> None:
 def test_sample_log_is_bounded_and_exports_the_data_format() -> None:
     log = SampleLog(2)
     for i in range(3):
-        log.add(f"r{i}", PromptInfo(f"p{i}", history_tokens=5, turn=1), 10 + i)
+        info = PromptInfo(f"p{i}", 5, 1, True, 64, "m", 1, 40 + i, 40.0 + i)
+        log.add(f"r{i}", info, 10 + i)
     assert [s.group for s in log.recent()] == ["r1", "r2"]
     rows = [json.loads(line) for line in to_jsonl(log.recent()).splitlines()]
     assert rows[0]["prompt"] == "p1"
     assert rows[0]["output_tokens"] == 11
     assert rows[0]["history_tokens"] == 5
+    # A recorded sample reads back whole: its chat structure is not derived again.
+    assert [sample_from_row(row) for row in rows] == log.recent()

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import shutil
 from pathlib import Path
@@ -9,6 +11,7 @@ import pytest
 from sklearn.ensemble import HistGradientBoostingRegressor
 
 from predictor import artifact
+from predictor.data import load_samples
 from predictor.evaluate import metrics
 from predictor.features import (
     DENSE_NAMES,
@@ -47,6 +50,23 @@ def test_chat_request_structure() -> None:
     assert info.has_system
     assert info.max_tokens == 64
     assert info.history_tokens == 3 + 7 + 100  # about four characters a token
+    assert (info.replies, info.last_reply_tokens, info.mean_reply_tokens) == (1, 100, 100.0)
+
+
+def test_replies_are_the_assistant_turns_before_the_prompt() -> None:
+    body = {
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "x" * 40},
+            {"role": "user", "content": "b"},
+            {"role": "assistant", "content": "x" * 200},
+            {"role": "user", "content": "c"},
+        ]
+    }
+    info = info_from_request(body)
+    assert (info.replies, info.last_reply_tokens, info.mean_reply_tokens) == (2, 50, 30.0)
+    first = info_from_request({"messages": [{"role": "user", "content": "a"}]})
+    assert (first.replies, first.last_reply_tokens, first.mean_reply_tokens) == (0, 0, 0.0)
 
 
 def test_completion_request() -> None:
@@ -61,6 +81,32 @@ def test_dense_cues() -> None:
         assert named[cue] == 1.0, cue
     assert named["cue_translate"] == 0.0
     assert named["first_turn"] == 1.0
+    assert named["replies"] == 0.0
+
+
+def test_reply_features_follow_the_replies() -> None:
+    short = dict(
+        zip(
+            DENSE_NAMES,
+            featurize(PromptInfo("ok", replies=2, last_reply_tokens=9, mean_reply_tokens=20.0))[1],
+            strict=True,
+        )
+    )
+    assert short["replies"] == 2.0
+    assert short["log_last_reply_tokens"] == pytest.approx(np.log1p(9))
+    assert short["log_mean_reply_tokens"] == pytest.approx(np.log1p(20.0))
+
+
+def test_a_long_last_reply_predicts_a_longer_reply() -> None:
+    model = artifact.load().model
+    prompt = "Can you continue?"
+    after_short = model.predict(
+        PromptInfo(prompt, 60, 1, replies=1, last_reply_tokens=30, mean_reply_tokens=30.0)
+    )
+    after_long = model.predict(
+        PromptInfo(prompt, 800, 1, replies=1, last_reply_tokens=700, mean_reply_tokens=700.0)
+    )
+    assert after_long.tokens > after_short.tokens
 
 
 def test_long_prompts_are_read_in_a_bounded_window() -> None:
@@ -114,6 +160,30 @@ def test_mismatched_manifests_are_refused(tmp_path: Path, edit: object, message:
         artifact.load(manifest)
 
 
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"scale_scores": np.asarray([0.0, 0.0, 1.0])}, "must increase"),
+        ({"scale_log_tokens": np.asarray([1.0, 2.0])}, "differ in shape"),
+    ],
+)
+def test_a_malformed_target_scale_is_refused(
+    tmp_path: Path, arrays: dict[str, np.ndarray], message: str
+) -> None:
+    model = artifact.load().model
+    weights = {**model.arrays(), **arrays}
+    if "scale_scores" in arrays:
+        weights["scale_log_tokens"] = np.asarray([1.0, 2.0, 3.0])
+    manifest, data = artifact.encode(model, version="t", training={}, weights_name="t.npz")
+    with np.load(io.BytesIO(data)) as original:
+        assert set(original.files) == set(weights)
+    buffer = io.BytesIO()
+    np.savez(buffer, allow_pickle=False, **weights)
+    manifest["sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
+    with pytest.raises(artifact.ArtifactError, match=message):
+        artifact.decode(manifest, buffer.getvalue(), "t.npz")
+
+
 def test_garbage_manifest(tmp_path: Path) -> None:
     bad = tmp_path / "x.json"
     bad.write_text("{not json")
@@ -129,3 +199,30 @@ def test_metrics() -> None:
     assert result["within_100"] == 0.75
     # Buckets of 82 tokens: 300 -> 3, 500 -> 6 is the only pair more than one apart.
     assert result["within_1_bucket"] == 0.75
+
+
+def test_data_rows_get_their_conversations_earlier_replies(tmp_path: Path) -> None:
+    rows = [
+        {"conversation": "a", "turn": 2, "prompt": "z", "output_tokens": 30},
+        {"conversation": "a", "turn": 0, "prompt": "x", "output_tokens": 10},
+        {"conversation": "b", "turn": 1, "prompt": "y", "output_tokens": 99},
+        {"conversation": "a", "turn": 1, "prompt": "y", "output_tokens": 20},
+        {"conversation": "b", "turn": 0, "prompt": "w", "output_tokens": 7, "replies": 0},
+    ]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    infos = [s.info for s in load_samples(path)]
+    assert [(i.replies, i.last_reply_tokens, i.mean_reply_tokens) for i in infos] == [
+        (2, 20, 15.0),  # turns 0 and 1 of "a", in turn order though the file is not
+        (0, 0, 0.0),
+        (0, 0, 0.0),  # "b" turn 0 records its own replies, so it lends none
+        (1, 10, 10.0),
+        (0, 0, 0.0),
+    ]
+
+
+def test_a_row_that_is_not_an_object_names_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"prompt": "x", "output_tokens": 3}\n[1, 2]\n')
+    with pytest.raises(ValueError, match=r"rows\.jsonl:2"):
+        load_samples(path)
