@@ -331,8 +331,12 @@ def _targets(data: dict[str, Any]) -> list[str]:
         ]
     overhead = data.get("overhead", {}).get("results", {})
     if "sluice" in overhead and "direct" in overhead:
-        p50 = overhead["sluice"]["plain"]["p50_ms"] - overhead["direct"]["plain"]["p50_ms"]
-        p99 = overhead["sluice"]["plain"]["p99_ms"] - overhead["direct"]["plain"]["p99_ms"]
+
+        def added(system: str, stat: str) -> float:
+            plain = overhead[system]["plain"]
+            return float(plain[stat] - overhead["direct"]["plain"][stat])
+
+        p50, p99 = added("sluice", "p50_ms"), added("sluice", "p99_ms")
         rate = data["overhead"]["rate"]
         lines += [
             f"| added p50 ≤ 1 ms at {rate:g} req/s (not streamed) | {p50:.2f} ms | "
@@ -340,6 +344,23 @@ def _targets(data: dict[str, Any]) -> list[str]:
             f"| added p99 ≤ 5 ms at {rate:g} req/s (not streamed) | {p99:.2f} ms | "
             f"{'met' if p99 <= 5 else 'missed'} |",
         ]
+        for peer, bound in (
+            ("litellm-least-busy", 1.0),
+            ("vllm-router-rr", 3.0),
+            ("vllm-router-p2", 3.0),
+        ):
+            if peer not in overhead:
+                continue
+            name = LABELS.get(peer, peer)
+            wanted = "below" if bound == 1.0 else f"within {bound:g}x of"
+            for stat in ("p50_ms", "p99_ms"):
+                theirs = added(peer, stat)
+                ours = added("sluice", stat)
+                ok = ours < theirs if bound == 1.0 else ours <= bound * max(theirs, 0.0)
+                lines.append(
+                    f"| added {stat[:3]} {wanted} {name}'s | {ours:.2f} against {theirs:.2f} ms |"
+                    f" {'met' if ok else 'missed'} |"
+                )
     return [*lines, ""]
 
 
