@@ -362,17 +362,32 @@ def targets(data: dict[str, Any]) -> str:
             "length, so a queued request looks servable until its budget has nearly run out, and "
             "most refusals come then (p50 ~0.9 s, p99 ~ the class's budget). Making the estimate "
             "pessimistic moves refusals to arrival and costs goodput, because the length "
-            "prediction (Kendall tau 0.46) is too rough to foresee which requests will make it. "
-            "At 2x load, 4,000 requests: counting a reply that outlived its prediction as going on "
-            "for half again what it produced gave 8% of refusals at arrival and 6% less goodput; "
-            "also counting it as going on to its p90 gave 85% at arrival and 14% less goodput. The "
-            "default keeps goodput; a refusal then still comes before the deadline it protects.",
+            "prediction (Kendall tau 0.46 to 0.49) is too rough to foresee which requests will "
+            "make it. At 2x load, 4,000 requests: counting a reply that outlived its prediction "
+            "as going on for half again what it produced gave 8% of refusals at arrival and 6% "
+            "less goodput; also counting it as going on to its p90 gave 85% at arrival and 14% "
+            "less goodput. Also tried: counting the tighter requests expected to arrive and "
+            "overtake a waiting one under LDF (from each TTFT class's recent send rate). At 1.5x "
+            "it brought the p50 time to reject from 921 to 281 ms but cost 8% of goodput (5% "
+            "with half the forecast), so it was not kept. The default keeps goodput; a refusal "
+            "then still comes before the deadline it protects.",
+            "",
+            "Why 1.5x misses 2x (i): at 1.5x the servers already run at their own limit of 256 "
+            "sequences, and 99.9% of what the guards admit is good, so the guards' goodput is the "
+            "engine's throughput at that limit; it cannot grow with better admission (at 1.5x, "
+            "epsilon 1.0 instead of 1.3, or reserving KV for the p50 instead of the p90 output, "
+            "gave the same goodput to the request; a bound of 200 in flight per server instead of "
+            "256 cut it to 239 req/s, and 384, past the engine's limit, let requests queue inside "
+            "vLLM, where admitted attainment fell to 84%). (i) keeps 44% attainment at 1.5x "
+            "because the "
+            "trace's lulls let vLLM's FCFS queue drain; at 2x it falls to 31% and the ratio "
+            "passes 2x.",
             "",
             "Why (ii) is worse than (i): a static bound of 128 in flight per server holds back "
             "concurrency the engine could use (it runs up to 256 sequences), so LDF alone only "
             "queues. Credits change little here ((iv) against (v)): the six classes' TPOT targets "
             "(30 and 50 ms) are well above this engine's ITL at the batches VBS allows, so "
-            "admission is bound by TTFT and KV rather than by decode speed.",
+            "admission is bound by TTFT and the sequence limit rather than by decode speed.",
             "",
         ]
     )
