@@ -142,7 +142,7 @@ def test_completion_stream_without_usage(target: Target) -> None:
     chunks = [e for e in events[:-1] if isinstance(e, dict)]
     assert all(c["object"] == "text_completion" for c in chunks)
     assert all("usage" not in c or c["usage"] is None for c in chunks)
-    assert len(chunks) == 3
+    _check_chunk_count(target, len(chunks), 3)
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
 
 
@@ -160,7 +160,22 @@ def test_continuous_usage_stats(target: Target) -> None:
         },
     )
     chunks = [e for e in events if isinstance(e, dict) and e["choices"]]
-    assert [c["usage"]["completion_tokens"] for c in chunks] == [1, 2, 3]
+    counts = [c["usage"]["completion_tokens"] for c in chunks]
+    # Each chunk counts the tokens so far: strictly rising to the whole reply.
+    assert counts == sorted(set(counts))
+    assert counts[0] >= 1
+    assert counts[-1] == 3
+    _check_chunk_count(target, len(counts), 3)
+
+
+def _check_chunk_count(target: Target, chunks: int, tokens: int) -> None:
+    """A streamed reply of ``tokens`` tokens comes in one chunk per token from the simulator.
+    vLLM merges the deltas that pile up while its API server is behind the engine (its output
+    collector), so on a busy machine it may send fewer, never more, and never none."""
+    if target.name == "sim":
+        assert chunks == tokens
+    else:
+        assert 1 <= chunks <= tokens
 
 
 def test_priority_is_accepted(target: Target) -> None:
