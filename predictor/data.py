@@ -6,7 +6,7 @@ import gzip
 import json
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,27 +37,29 @@ def sample_from_row(row: dict[str, Any]) -> Sample:
     )
 
 
-def with_earlier_replies(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows whose earlier replies are not recorded get them from the rows of the same
-    conversation with a lower turn (their ``output_tokens``), as a chat request carries them."""
+def with_earlier_replies(rows: list[dict[str, Any]], samples: list[Sample]) -> list[Sample]:
+    """The samples of ``rows``, where a row that does not record its earlier replies gets them
+    from the rows of the same conversation with a lower turn (their ``output_tokens``), as a
+    chat request carries them."""
+    derived = ["conversation" in row and "replies" not in row for row in rows]
     outputs: dict[str, list[tuple[int, int]]] = {}
-    for row in rows:
-        if "conversation" in row and "replies" not in row:
-            outputs.setdefault(str(row["conversation"]), []).append(
-                (int(row.get("turn", 0)), int(row["output_tokens"]))
-            )
+    for needs, sample in zip(derived, samples, strict=True):
+        if needs:
+            outputs.setdefault(sample.group, []).append((sample.info.turn, sample.output_tokens))
     filled = []
-    for row in rows:
-        if "conversation" in row and "replies" not in row:
-            turn = int(row.get("turn", 0))
-            earlier = sorted(t for t in outputs[str(row["conversation"])] if t[0] < turn)
-            row = {**row, **reply_fields([tokens for _, tokens in earlier])}
-        filled.append(row)
+    for needs, sample in zip(derived, samples, strict=True):
+        if needs:
+            turn = sample.info.turn
+            earlier = sorted(t for t in outputs[sample.group] if t[0] < turn)
+            info = replace(sample.info, **reply_fields([tokens for _, tokens in earlier]))
+            sample = replace(sample, info=info)
+        filled.append(sample)
     return filled
 
 
 def load_samples(path: Path) -> list[Sample]:
-    rows: list[tuple[int, dict[str, Any]]] = []
+    rows: list[dict[str, Any]] = []
+    samples: list[Sample] = []
     for number, line in enumerate(_lines(path), 1):
         if not line.strip():
             continue
@@ -65,19 +67,11 @@ def load_samples(path: Path) -> list[Sample]:
             row = json.loads(line)
             if not isinstance(row, dict):
                 raise TypeError("a row is a JSON object")
-            int(row["output_tokens"])
-            int(row.get("turn", 0))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}:{number}: not a lengths row: {exc}") from exc
-        rows.append((number, row))
-    filled = with_earlier_replies([row for _, row in rows])
-    samples = []
-    for (number, _), row in zip(rows, filled, strict=True):
-        try:
             samples.append(sample_from_row(row))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}:{number}: not a lengths row: {exc}") from exc
-    return samples
+        rows.append(row)
+    return with_earlier_replies(rows, samples)
 
 
 def held_out(group: str) -> bool:

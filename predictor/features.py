@@ -133,14 +133,9 @@ def info_from_request(body: Mapping[str, Any]) -> PromptInfo:
         user_indices = [i for i, m in enumerate(turns) if m.get("role") == "user"]
         last = user_indices[-1] if user_indices else len(turns) - 1
         prompt = content_text(turns[last].get("content")) if turns else ""
-        history = sum(
-            approx_tokens(content_text(m.get("content"))) for i, m in enumerate(turns) if i != last
-        )
-        replies = [
-            approx_tokens(content_text(m.get("content")))
-            for m in turns[:last]
-            if m.get("role") == "assistant"
-        ]
+        sizes = [approx_tokens(content_text(m.get("content"))) for m in turns]
+        history = sum(sizes) - (sizes[last] if turns else 0)
+        replies = [sizes[i] for i in range(max(0, last)) if turns[i].get("role") == "assistant"]
         return PromptInfo(
             prompt=prompt,
             history_tokens=history,
