@@ -44,7 +44,7 @@ from bench.publish import REPORTS, publish
 from bench.sim.profiles import get_profile
 from bench.sim.virtual import Arrival, simulate
 from bench.stats import percentile
-from bench.workload import SCORPIO_CLASSES, azure_gaps, plan, run_open_loop, scaled_arrivals
+from bench.workload import azure_gaps, run_open_loop, scorpio_load
 
 MODEL = "sim-llama-8b"
 SAVED = "compare.json"
@@ -135,15 +135,9 @@ async def run_traces(args: argparse.Namespace, scenario: str) -> dict[str, Any]:
     results: dict[str, dict[str, Any]] = {}
     for load in loads:
         count = round(load * capacity * args.span)
-        arrivals = scaled_arrivals(gaps, count, load * capacity / args.dilation, 1000)
-        items = plan(
-            samples,
-            arrivals,
-            list(SCORPIO_CLASSES),
-            seed=int(load * 100),
-            max_tokens=args.max_tokens,
-        )
-        span = arrivals[-1] / args.dilation
+        rate = load * capacity / args.dilation
+        items = scorpio_load(samples, gaps, count, rate, load=load, max_tokens=args.max_tokens)
+        span = items[-1].at / args.dilation
         for system in args.systems:
             summary = await _trace_run(system, items, span, args)
             results.setdefault(f"{load:g}", {})[system] = summary

@@ -29,7 +29,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +45,8 @@ from bench.workload import (
     Planned,
     Result,
     azure_gaps,
-    plan,
     run_open_loop,
-    scaled_arrivals,
+    scorpio_load,
 )
 from gateway.config import LatencyPrior, SchedulerConfig
 from predictor import artifact
@@ -183,15 +182,11 @@ def workloads(
     span of arrivals in the modelled GPUs' seconds."""
     gaps = azure_gaps()
     for load in args.loads:
-        arrivals = scaled_arrivals(gaps, args.requests, load * capacity / dilation, offset=1000)
-        items = plan(
-            samples,
-            arrivals,
-            list(SCORPIO_CLASSES),
-            seed=int(load * 100),
-            max_tokens=args.max_tokens,
+        rate = load * capacity / dilation
+        items = scorpio_load(
+            samples, gaps, args.requests, rate, load=load, max_tokens=args.max_tokens
         )
-        yield load, items, arrivals[-1] / dilation
+        yield load, items, items[-1].at / dilation
 
 
 def progress(where: str, name: str, summary: dict[str, Any]) -> None:
@@ -297,6 +292,23 @@ def result_cells(row: dict[str, Any], ratio: float | None) -> str:
     )
 
 
+def result_rows(
+    results: dict[str, Any],
+    labels: dict[str, str],
+    base: str,
+    tail: Callable[[dict[str, Any]], str],
+) -> list[str]:
+    """One table row per load and configuration: its label, the cells common to the results
+    tables, its goodput as a ratio to ``base``'s at that load, then ``tail``'s cells."""
+    rows = []
+    for load, runs in results.items():
+        reference = runs.get(base, {}).get("goodput_rps")
+        for name, row in runs.items():
+            ratio = row["goodput_rps"] / reference if reference else None
+            rows.append(f"| {load}x | {labels[name]} | {result_cells(row, ratio)} | {tail(row)} |")
+    return rows
+
+
 def markdown(data: dict[str, Any]) -> str:
     lines = [
         "# SLO guards: goodput and attainment, with ablation",
@@ -315,15 +327,15 @@ def markdown(data: dict[str, Any]) -> str:
         "| p99 TTFT ms | p99 TPOT ms | rejected | reject p50 / p99 ms |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for load, runs in data["results"].items():
-        base = runs.get("i_least_loaded", {}).get("goodput_rps")
-        for name, row in runs.items():
-            ratio = row["goodput_rps"] / base if base else None
-            lines.append(
-                f"| {load}x | {LABELS[name]} | {result_cells(row, ratio)} | "
-                f"{row['rejection_rate']:.2f} | {_fmt(row['time_to_reject_p50_ms'], '.1f')} / "
-                f"{_fmt(row['time_to_reject_p99_ms'], '.1f')} |"
-            )
+    lines += result_rows(
+        data["results"],
+        LABELS,
+        "i_least_loaded",
+        lambda row: (
+            f"{row['rejection_rate']:.2f} | {_fmt(row['time_to_reject_p50_ms'], '.1f')} / "
+            f"{_fmt(row['time_to_reject_p99_ms'], '.1f')}"
+        ),
+    )
     return "\n".join(lines) + "\n\n" + targets(data)
 
 

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.data import PromptSample, data_dir, load_sharegpt
-from bench.guards import capacity_per_backend, plot_by_load, result_cells, summarize
+from bench.guards import capacity_per_backend, plot_by_load, result_rows, summarize
 from bench.publish import REPORTS, publish
 from bench.sim.profiles import get_profile
 from bench.virtual_gateway import run_virtual
-from bench.workload import SCORPIO_CLASSES, Result, azure_gaps, plan, scaled_arrivals
+from bench.workload import Result, azure_gaps, scorpio_load
 from gateway.config import GatewayConfig, LatencyPrior, SchedulerConfig
 from gateway.scheduling.macro import instance_ids, with_layout
 from predictor import artifact
@@ -110,13 +110,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     gaps = azure_gaps()
     results: dict[str, dict[str, Any]] = {}
     for load in args.loads:
-        arrivals = scaled_arrivals(gaps, args.requests, load * capacity, offset=1000)
-        items = plan(
-            population,
-            arrivals,
-            list(SCORPIO_CLASSES),
-            seed=int(load * 100),
-            max_tokens=args.max_tokens,
+        items = scorpio_load(
+            population, gaps, args.requests, load * capacity, load=load, max_tokens=args.max_tokens
         )
         long_items = sum(item.sample.conversation.startswith("mooncake") for item in items)
         for name in args.configs:
@@ -132,7 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 lengths=lengths,
                 instances=layout(spec.get("pool")),
             )
-            summary = summarize(outcome, 1.0, arrivals[-1])
+            summary = summarize(outcome, 1.0, items[-1].at)
             summary["wall_s"] = round(time.monotonic() - started, 1)
             summary["long_prompt_requests"] = long_items
             results.setdefault(f"{load:g}", {})[name] = summary
@@ -176,14 +171,9 @@ def markdown(data: dict[str, Any], notes: str) -> str:
         "| p99 TTFT ms | p99 TPOT ms | rejected |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for load, runs in data["results"].items():
-        base = runs.get("guards", {}).get("goodput_rps")
-        for name, row in runs.items():
-            ratio = row["goodput_rps"] / base if base else None
-            lines.append(
-                f"| {load}x | {LABELS[name]} | {result_cells(row, ratio)} | "
-                f"{row['rejection_rate']:.3f} |"
-            )
+    lines += result_rows(
+        data["results"], LABELS, "guards", lambda row: f"{row['rejection_rate']:.3f}"
+    )
     return "\n".join(lines) + "\n\n" + notes
 
 

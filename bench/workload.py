@@ -83,6 +83,24 @@ def plan(
     return [Planned(at, rng.choice(samples), rng.choice(classes), max_tokens) for at in arrivals]
 
 
+def scorpio_load(
+    samples: list[PromptSample],
+    gaps: list[float],
+    count: int,
+    rate: float,
+    *,
+    load: float,
+    max_tokens: int,
+) -> list[Planned]:
+    """``count`` requests arriving at ``rate``/s by the trace's gaps (from its 1000th), each a
+    random sample with one of SCORPIO's six classes drawn uniformly. The draw is seeded by
+    the load, so every benchmark offers the same mix at the same load."""
+    arrivals = scaled_arrivals(gaps, count, rate, offset=1000)
+    return plan(
+        samples, arrivals, list(SCORPIO_CLASSES), seed=int(load * 100), max_tokens=max_tokens
+    )
+
+
 # A streamed chunk that carries text, whatever the server's JSON spacing.
 _TEXT = re.compile(rb'"(?:content|text)":\s*"[^"]')
 
