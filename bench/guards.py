@@ -50,6 +50,7 @@ from bench.workload import (
 )
 from gateway.config import LatencyPrior, SchedulerConfig
 from predictor import artifact
+from predictor.model import LengthModel
 
 MODEL = "llama-3.1-8b"
 BACKENDS = 4
@@ -199,6 +200,33 @@ def progress(where: str, name: str, summary: dict[str, Any]) -> None:
     )
 
 
+def run_config(
+    items: list[Planned],
+    spec: dict[str, Any],
+    span: float,
+    lengths: LengthModel,
+    *,
+    backends: int,
+    instances: dict[str, tuple[str, int]] | None = None,
+) -> dict[str, Any]:
+    """One configuration (``scheduler`` settings and ``max_in_flight``) in virtual time on
+    servers of the 8B-H100 profile, summarized, with the wall time it took."""
+    started = time.monotonic()
+    outcome = run_virtual(
+        items,
+        profile=get_profile("llama8b-h100"),
+        backends=backends,
+        scheduler=SchedulerConfig.model_validate(spec["scheduler"]),
+        max_in_flight=spec["max_in_flight"],
+        prior=LatencyPrior(),
+        lengths=lengths,
+        instances=instances,
+    )
+    summary = summarize(outcome, 1.0, span)
+    summary["wall_s"] = round(time.monotonic() - started, 1)
+    return summary
+
+
 def run_virtual_ablation(args: argparse.Namespace) -> dict[str, Any]:
     samples = [s for s in load_sharegpt() if s.prompt_tokens < 6000]
     per_backend = capacity_per_backend(samples, args.max_tokens)
@@ -208,19 +236,7 @@ def run_virtual_ablation(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, dict[str, Any]] = {}
     for load, items, span in workloads(args, capacity, samples, dilation=1.0):
         for name in args.configs:
-            started = time.monotonic()
-            spec = CONFIGS[name]
-            outcome = run_virtual(
-                items,
-                profile=get_profile("llama8b-h100"),
-                backends=BACKENDS,
-                scheduler=SchedulerConfig.model_validate(spec["scheduler"]),
-                max_in_flight=spec["max_in_flight"],
-                prior=LatencyPrior(),
-                lengths=lengths,
-            )
-            summary = summarize(outcome, 1.0, span)
-            summary["wall_s"] = round(time.monotonic() - started, 1)
+            summary = run_config(items, CONFIGS[name], span, lengths, backends=BACKENDS)
             results.setdefault(f"{load:g}", {})[name] = summary
             progress(f"load {load:g}x", name, summary)
     return {

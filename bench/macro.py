@@ -20,17 +20,14 @@ import argparse
 import json
 import random
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from bench.data import PromptSample, data_dir, load_sharegpt
-from bench.guards import capacity_per_backend, plot_by_load, result_rows, summarize
+from bench.guards import capacity_per_backend, plot_by_load, result_rows, run_config
 from bench.publish import REPORTS, publish
-from bench.sim.profiles import get_profile
-from bench.virtual_gateway import run_virtual
-from bench.workload import Result, azure_gaps, scorpio_load
-from gateway.config import GatewayConfig, LatencyPrior, SchedulerConfig
+from bench.workload import azure_gaps, scorpio_load
+from gateway.config import GatewayConfig
 from gateway.scheduling.macro import instance_ids, with_layout
 from predictor import artifact
 
@@ -116,19 +113,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         long_items = sum(item.sample.conversation.startswith("mooncake") for item in items)
         for name in args.configs:
             spec = CONFIGS[name]
-            started = time.monotonic()
-            outcome: list[Result] = run_virtual(
+            summary = run_config(
                 items,
-                profile=get_profile("llama8b-h100"),
+                spec,
+                items[-1].at,
+                lengths,
                 backends=BACKENDS,
-                scheduler=SchedulerConfig.model_validate(spec["scheduler"]),
-                max_in_flight=spec["max_in_flight"],
-                prior=LatencyPrior(),
-                lengths=lengths,
                 instances=layout(spec.get("pool")),
             )
-            summary = summarize(outcome, 1.0, items[-1].at)
-            summary["wall_s"] = round(time.monotonic() - started, 1)
             summary["long_prompt_requests"] = long_items
             results.setdefault(f"{load:g}", {})[name] = summary
             print(
