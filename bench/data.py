@@ -8,14 +8,33 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
-REPO = Path(__file__).resolve().parent.parent
+SHIPPED = Path(__file__).resolve().parent / "datasets"
 
 
 def data_dir() -> Path:
-    """``$SLUICE_DATA_DIR``, else the ``shared/data`` folder beside the repository."""
+    """``$SLUICE_DATA_DIR``, else the data sets shipped in the repository (``bench/datasets``)."""
     override = os.environ.get("SLUICE_DATA_DIR")
-    return Path(override) if override else REPO.parent / "shared" / "data"
+    return Path(override) if override else SHIPPED
+
+
+def data_file(relative: str) -> Path:
+    """A data set under ``data_dir()``, as it is or gzipped (``NAME.gz``), whichever exists."""
+    path = data_dir() / relative
+    if path.exists():
+        return path
+    packed = path.with_name(path.name + ".gz")
+    if packed.exists():
+        return packed
+    raise FileNotFoundError(f"no data set {relative} (or {relative}.gz) in {data_dir()}")
+
+
+def open_text(path: Path) -> IO[str]:
+    """Open a data file for reading as text, gunzipping a ``.gz`` one."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return path.open(encoding="utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,9 +46,9 @@ class PromptSample:
 
 
 def load_sharegpt(path: Path | None = None, *, limit: int | None = None) -> list[PromptSample]:
-    source = path or data_dir() / "sharegpt_lengths.jsonl.gz"
+    source = path or data_file("sharegpt_lengths.jsonl")
     samples: list[PromptSample] = []
-    with gzip.open(source, "rt", encoding="utf-8") as lines:
+    with open_text(source) as lines:
         for line in lines:
             row = json.loads(line)
             samples.append(
@@ -46,7 +65,7 @@ def load_sharegpt(path: Path | None = None, *, limit: int | None = None) -> list
 
 
 def synthetic_prompts(count: int, seed: int = 0) -> list[PromptSample]:
-    """Stand-in prompts for when the data set is not beside the repository."""
+    """Stand-in prompts, for tests that need no real text."""
     rng = random.Random(seed)
     words = ("explain", "the", "latency", "of", "a", "gateway", "in", "detail", "please", "why")
     samples = []

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from openai import AsyncOpenAI, RateLimitError
 
-from bench.data import PromptSample, data_dir, load_sharegpt, synthetic_prompts
+from bench.data import PromptSample, data_dir, load_sharegpt
 from bench.procs import gateway, sim_fleet
 from bench.stats import fmt_ms, percentile
 from bench.workload import SCORPIO_CLASSES
@@ -109,12 +109,8 @@ def report(outcomes: list[Outcome], elapsed: float) -> str:
 
 async def run(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
-    try:
-        pool = load_sharegpt(limit=5000)
-        source = f"ShareGPT prompts from {data_dir()}"
-    except FileNotFoundError:
-        pool = synthetic_prompts(2000, args.seed)
-        source = "synthetic prompts (data set not found)"
+    pool = load_sharegpt(limit=5000)
+    source = f"ShareGPT prompts from {data_dir()}"
     samples = rng.sample(pool, args.requests)
     classes = [rng.choice(list(CLASSES)) for _ in samples]
     print(f"Starting {args.servers} simulated vLLM servers (Llama-3.1-8B on H100 profile) ...")

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.data import PromptSample, data_dir, load_sharegpt
+from bench.data import PromptSample, data_file, load_sharegpt, open_text
 from bench.guards import capacity_per_backend, plot_by_load, result_rows, run_config
 from bench.publish import REPORTS, publish
 from bench.workload import azure_gaps, scorpio_load
@@ -60,8 +60,7 @@ def mooncake(limit: int | None = None) -> list[PromptSample]:
     """Mooncake conversation requests that fit the engine's context, as prompt samples: a
     stand-in text of the right length (about 4 characters a token, as the gateway counts)."""
     samples = []
-    path = data_dir() / "traces" / "mooncake_conversation_trace.jsonl"
-    with path.open() as lines:
+    with open_text(data_file("traces/mooncake_conversation_trace.jsonl")) as lines:
         for number, line in enumerate(lines):
             row = json.loads(line)
             prompt, output = int(row["input_length"]), int(row["output_length"])

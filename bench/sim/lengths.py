@@ -8,13 +8,14 @@ this table; it only sees the replies.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
+
+from bench.data import open_text
 
 
 def prompt_key(text: str) -> bytes:
@@ -40,9 +41,8 @@ class LengthTable:
     @classmethod
     def from_sharegpt(cls, path: Path) -> LengthTable:
         """Rows with ``prompt``, ``prompt_tokens``, ``output_tokens`` (gzip or plain JSONL)."""
-        opener = gzip.open if path.suffix == ".gz" else open
         entries: dict[bytes, KnownPrompt] = {}
-        with opener(path, "rt", encoding="utf-8") as lines:
+        with open_text(path) as lines:
             for line in lines:
                 row = json.loads(line)
                 entries[prompt_key(row["prompt"])] = KnownPrompt(
