@@ -9,17 +9,27 @@ from aiohttp import web
 from gateway.api import admin, openai, ops
 from gateway.api.openai import RUNTIME
 from gateway.config import GatewayConfig
+from gateway.connections import ConnectionGuard, ConnectionLimits, GuardedSite
 from gateway.middleware import openai_errors
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 
+GUARD = web.AppKey("connections", ConnectionGuard)
+
 
 def build_app(settings: Settings, config: GatewayConfig) -> web.Application:
+    guard = ConnectionGuard(
+        ConnectionLimits(
+            settings.header_timeout_s, settings.keepalive_timeout_s, settings.max_connections
+        )
+    )
     app = web.Application(
-        middlewares=[openai_errors, admin.admin_auth], client_max_size=settings.max_body_bytes
+        middlewares=[guard.middleware(), openai_errors, admin.admin_auth],
+        client_max_size=settings.max_body_bytes,
     )
     runtime = Runtime(settings, config)
     app[RUNTIME] = runtime
+    app[GUARD] = guard
     app.cleanup_ctx.append(runtime.lifespan)
     ops.add_routes(app)
     admin.add_routes(app)
@@ -44,9 +54,15 @@ class RunningServer:
 async def start_server(app: web.Application, host: str, port: int) -> RunningServer:
     """Serve ``app`` on host:port (0 picks a free port). Handlers are cancelled when their
     client disconnects, which is what lets the gateway cancel the upstream request."""
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    guard = app.get(GUARD)
+    keepalive = 75.0 if guard is None else guard.limits.keepalive_timeout_s
+    runner = web.AppRunner(
+        app, handler_cancellation=True, access_log=None, keepalive_timeout=keepalive
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = (
+        web.TCPSite(runner, host, port) if guard is None else GuardedSite(runner, host, port, guard)
+    )
     await site.start()
     bound = runner.addresses[0][1]
     return RunningServer(runner, host, int(bound))

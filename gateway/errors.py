@@ -45,8 +45,14 @@ class InvalidRequest(SluiceError):
 
 
 class Unauthorized(SluiceError):
+    """No valid credentials: says how to authenticate, as RFC 9110 asks of a 401."""
+
     status = 401
     error_type = "authentication_error"
+    code = "invalid_api_key"
+
+    def __init__(self, message: str, *, realm: str = "sluice") -> None:
+        super().__init__(message, headers={"WWW-Authenticate": f'Bearer realm="{realm}"'})
 
 
 class AdminDisabled(SluiceError):
@@ -121,6 +127,22 @@ class PreconditionRequired(SluiceError):
     status = 428
     error_type = "invalid_request_error"
     code = "if_match_required"
+
+
+class RequestTimeout(SluiceError):
+    """The client did not send its request in time."""
+
+    status = 408
+    error_type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class ContextLengthExceeded(SluiceError):
+    """Prompt plus reply cannot fit any backend serving the model."""
+
+    status = 400
+    error_type = "invalid_request_error"
+    code = "context_length_exceeded"
 
 
 class PayloadTooLarge(SluiceError):

@@ -23,6 +23,13 @@ class Estimate:
     output_tokens: int  # predicted reply length, capped by max_tokens
     output_reserve: int  # the conservative quantile, reserved in the KV cache
 
+    @property
+    def min_prompt_tokens(self) -> int:
+        """A low count of the prompt's tokens: the estimate reads 4 characters a token, and
+        hardly any text a tokenizer sees packs more than 8 into one. What is refused as too
+        long for the context on this count is too long for certain."""
+        return self.prompt_tokens // 2
+
 
 def estimate(
     body: Mapping[str, Any], lengths: LengthModel, quantile: Literal["p50", "p90", "p95"]

@@ -151,6 +151,16 @@ class Backend:
     def serves(self, model: str) -> bool:
         return model in self.models
 
+    def context_limit(self, model: str) -> int | None:
+        lengths = [
+            card["max_model_len"]
+            for card in self.model_cards
+            if model in (card.get("id"), card.get("parent"))
+            and isinstance(card.get("max_model_len"), int)
+        ]
+        limits = [*lengths, *([self.kv_capacity] if self.kv_capacity is not None else [])]
+        return min(limits) if limits else None
+
 
 def make_adapter(session: aiohttp.ClientSession, config: BackendConfig) -> EngineAdapter:
     if config.engine == "vllm":
@@ -196,6 +206,15 @@ class Fleet:
             for b in self._backends.values()
             if b.serves(model) and not b.draining and b.config.state == "active"
         ]
+
+    def context_limit(self, model: str) -> int | None:
+        """The most tokens (prompt plus reply) one request can hold on any backend meant to
+        serve ``model``: its ``max_model_len``, or its whole KV cache where that is smaller.
+        None while no such backend has said."""
+        limits = [
+            limit for b in self.expected_for(model) if (limit := b.context_limit(model)) is not None
+        ]
+        return max(limits) if limits else None
 
     def reconcile(
         self, configs: Iterable[BackendConfig], build: Callable[[BackendConfig], Backend]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from aiohttp import web
@@ -26,6 +27,15 @@ _BY_STATUS: dict[int, type[SluiceError]] = {
 
 def error_response(exc: SluiceError) -> web.Response:
     return web.json_response(exc.body(), status=exc.status, headers=exc.headers)
+
+
+def is_openai_error(data: bytes) -> bool:
+    """An OpenAI error body (``{"error": ...}``, or vLLM's ``{"object": "error", ...}``)."""
+    try:
+        parsed = json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(parsed, dict) and ("error" in parsed or parsed.get("object") == "error")
 
 
 @web.middleware

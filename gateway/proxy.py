@@ -36,6 +36,7 @@ from gateway.errors import (
 from gateway.estimate import demand
 from gateway.fleet import Backend, Fleet
 from gateway.metrics import GatewayMetrics
+from gateway.middleware import is_openai_error
 from gateway.records import RecordLog, RequestRecord
 from gateway.scheduling.policy import SloPolicy
 from gateway.scheduling.scheduler import Demand, Lease, Scheduler
@@ -239,10 +240,9 @@ class Proxy:
         record.status = upstream.status
         try:
             data = await upstream.read()
-            parsed = json.loads(data)
-        except (StreamBroken, json.JSONDecodeError, UnicodeDecodeError):
-            parsed = None
-        if isinstance(parsed, dict) and ("error" in parsed or parsed.get("object") == "error"):
+        except StreamBroken:
+            data = b""
+        if is_openai_error(data):
             return web.Response(
                 status=upstream.status,
                 body=data,

@@ -19,6 +19,32 @@ class Settings(BaseSettings):
     config: Path | None = None
 
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A request's headers must arrive within this of its first byte.",
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="A request's body must arrive within this."
+    )
+    keepalive_timeout_s: float = Field(
+        default=75.0, gt=0, description="An idle client connection is closed after this."
+    )
+    max_connections: int = Field(
+        default=4096, ge=1, description="Client connections held at once; more get a 503."
+    )
+    redis_timeout_s: float = Field(
+        default=0.25,
+        gt=0,
+        description="A Redis call slower than this opens the circuit breaker: local accounting.",
+    )
+    eject_after: int = Field(
+        default=3, ge=1, description="Consecutive failed responses that eject a backend."
+    )
+    eject_base_s: float = Field(
+        default=10.0, gt=0, description="First ejection's length; each repeat adds as much."
+    )
+    eject_max_s: float = Field(default=300.0, gt=0, description="Longest ejection.")
     connect_timeout_s: float = Field(default=2.0, gt=0)
     first_byte_timeout_s: float = Field(
         default=60.0, gt=0, description="Upstream response headers must arrive within this."

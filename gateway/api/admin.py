@@ -37,9 +37,9 @@ async def admin_auth(request: web.Request, handler: Handler) -> web.StreamRespon
                 "SLUICE_ADMIN_TOKEN"
             )
         return await handler(request)
-    given = request.headers.get("Authorization", "")
-    expected = f"Bearer {token}"
-    if not hmac.compare_digest(given.encode(), expected.encode()):
+    # Header bytes that are not UTF-8 arrive as surrogate escapes: compare the bytes as sent.
+    given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+    if not hmac.compare_digest(given, f"Bearer {token}".encode()):
         raise Unauthorized("missing or wrong bearer token for the admin API")
     return await handler(request)
 

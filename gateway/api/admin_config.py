@@ -12,7 +12,8 @@ from typing import Any, Literal, Optional, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from gateway.api.openai import RUNTIME, read_json_object
+from gateway.api.bodies import read_json_object
+from gateway.api.openai import RUNTIME
 from gateway.api.stats import backend_stats
 from gateway.config import BackendConfig, GatewayConfig, SloClass
 from gateway.errors import (
@@ -99,7 +100,8 @@ async def edit_config(request: web.Request, edit: Callable[[dict[str, Any]], Non
 
 
 async def read_body(request: web.Request) -> dict[str, Any]:
-    return await read_json_object(request, request.app[RUNTIME].settings.max_body_bytes)
+    settings = request.app[RUNTIME].settings
+    return await read_json_object(request, settings.max_body_bytes, settings.body_timeout_s)
 
 
 # --- the whole config -----------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
 import time
 import uuid
@@ -11,82 +13,76 @@ from typing import Any
 from aiohttp import web
 
 from adapters.base import BackendTimeout, BackendUnreachable, StreamBroken
+from gateway.api.bodies import read_json_object, validate_generation
 from gateway.errors import (
+    ContextLengthExceeded,
     InvalidRequest,
     MethodNotAllowed,
     ModelNotFound,
     NoBackendAvailable,
     PayloadTooLarge,
+    RequestTimeout,
+    RouteNotFound,
     UpstreamError,
     UpstreamTimeout,
+    error_body,
 )
-from gateway.estimate import estimate
+from gateway.estimate import Estimate, estimate
+from gateway.fleet import Fleet
+from gateway.middleware import error_response, is_openai_error
 from gateway.proxy import REQUEST_ID_HEADER, GenerationCall
 from gateway.records import RequestRecord
 from gateway.runtime import Runtime
+from gateway.settings import Settings
 from gateway.slo import resolve_slo
+
+log = logging.getLogger(__name__)
 
 RUNTIME = web.AppKey("runtime", Runtime)
 _OWN_PATHS = {"/v1/chat/completions": "POST", "/v1/completions": "POST", "/v1/models": "GET"}
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"request body of {request.content_length} bytes exceeds {limit}")
+def check_context(fleet: Fleet, model: str, expected: Estimate, max_tokens: int | None) -> None:
+    """Refuse at once what no backend serving the model can hold: the prompt (counted low,
+    so that a prompt that might fit goes on to the engine) plus the reply's token limit."""
+    limit = fleet.context_limit(model)
+    if limit is None:
+        return
+    needed = expected.min_prompt_tokens + (max_tokens or 1)
+    if needed > limit:
+        raise ContextLengthExceeded(
+            f"this request needs at least {needed} tokens (prompt of at least "
+            f"{expected.min_prompt_tokens}, up to {max_tokens or 1} to generate), more than "
+            f"any backend serving {model!r} holds ({limit})",
+            param="max_tokens" if expected.min_prompt_tokens < limit else "messages",
+        )
+
+
+async def read_body(request: web.Request, settings: Settings) -> bytes:
+    """A pass-through body, within the size and time bounds."""
     try:
-        raw = await request.read()
+        async with asyncio.timeout(settings.body_timeout_s):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
-        raise PayloadTooLarge(f"request body exceeds {limit} bytes") from exc
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise InvalidRequest("request body must be a JSON object")
-    return body
+        raise PayloadTooLarge(f"request body exceeds {settings.max_body_bytes} bytes") from exc
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body did not arrive within {settings.body_timeout_s:g}s"
+        ) from None
 
 
-def _require(condition: bool, message: str, param: str) -> None:
-    if not condition:
-        raise InvalidRequest(message, param=param)
-
-
-def validate_generation(body: dict[str, Any], *, chat: bool) -> tuple[str, bool, bool]:
-    """Check what the gateway relies on; the engine validates the rest. Returns
-    (model, stream, client asked for the usage chunk)."""
-    model = body.get("model")
-    _require(isinstance(model, str) and bool(model), "'model' is required (a string)", "model")
-    stream = body.get("stream", False)
-    _require(isinstance(stream, bool), "'stream' must be a boolean", "stream")
-    if chat:
-        messages = body.get("messages")
-        _require(
-            isinstance(messages, list) and bool(messages),
-            "'messages' must be a non-empty list",
-            "messages",
-        )
-    else:
-        _require("prompt" in body, "'prompt' is required", "prompt")
-    for name in ("max_tokens", "max_completion_tokens"):
-        value = body.get(name)
-        _require(
-            value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0),
-            f"'{name}' must be a positive integer",
-            name,
-        )
-    options = body.get("stream_options")
-    _require(
-        options is None or isinstance(options, dict),
-        "'stream_options' must be an object",
-        "stream_options",
-    )
-    wants_usage = bool(options.get("include_usage")) if isinstance(options, dict) else False
-    _require(
-        not (options and not stream), "'stream_options' needs 'stream': true", "stream_options"
-    )
-    assert isinstance(model, str)
-    return model, stream, wants_usage
+def upstream_status_error(status: int, request: web.Request) -> web.Response:
+    """An engine's error answer that is not an OpenAI error body, in the OpenAI shape."""
+    what = f"{request.method} {request.path}"
+    if status == 404:
+        return error_response(RouteNotFound(f"Not Found: {what}"))
+    if status == 405:
+        return error_response(MethodNotAllowed(f"Method Not Allowed: {what}"))
+    if status < 500:
+        body = error_body(f"the backend refused {what}", "invalid_request_error", code=status)
+        return web.json_response(body, status=status)
+    return error_response(UpstreamError(f"the backend failed {what}"))
 
 
 def request_id(request: web.Request) -> str:
@@ -100,22 +96,32 @@ def _generation(endpoint: str, *, chat: bool) -> Any:
     async def handler(request: web.Request) -> web.StreamResponse:
         arrival = time.monotonic()
         runtime = request.app[RUNTIME]
-        body = await read_json_object(request, runtime.settings.max_body_bytes)
-        model, stream, wants_usage = validate_generation(body, chat=chat)
+        settings = runtime.settings
+        body = await read_json_object(request, settings.max_body_bytes, settings.body_timeout_s)
+        generation = validate_generation(body, chat=chat)
+        model = generation.model
         services = runtime.services
         if model not in services.fleet.known_models():
             raise ModelNotFound(f"the model {model!r} does not exist", param="model")
+        if generation.sequences > 1:
+            raise InvalidRequest(
+                "one sequence per request: 'n' and 'best_of' above 1, and lists of prompts, "
+                "are refused because the gateway's admission could not account for them",
+                param="prompt" if not chat and body.get("n", 1) == 1 else "n",
+            )
         slo = resolve_slo(request.headers, model, runtime.config)
+        expected = estimate(body, services.lengths, runtime.config.scheduler.output_quantile)
+        check_context(services.fleet, model, expected, generation.max_tokens)
         record = RequestRecord(
             id=request_id(request),
             model=model,
             endpoint=endpoint,
             slo=slo,
-            stream=stream,
+            stream=generation.stream,
             arrival=arrival,
-            estimate=estimate(body, services.lengths, runtime.config.scheduler.output_quantile),
+            estimate=expected,
         )
-        call = GenerationCall(endpoint=endpoint, body=body, wants_usage=wants_usage)
+        call = GenerationCall(endpoint=endpoint, body=body, wants_usage=generation.wants_usage)
         return await services.proxy.generate(request, call, record)
 
     return handler
@@ -133,6 +139,11 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def passthrough(request: web.Request) -> web.Response:
     """Any other ``/v1/*`` call goes to the least-busy healthy backend serving its model."""
+    stripped = request.path.rstrip("/")
+    if stripped != request.path and stripped in _OWN_PATHS:
+        raise RouteNotFound(
+            f"Not Found: {request.method} {request.path} (did you mean {stripped}?)"
+        )
     if request.path in _OWN_PATHS:
         allowed = _OWN_PATHS[request.path]
         raise MethodNotAllowed(
@@ -141,7 +152,7 @@ async def passthrough(request: web.Request) -> web.Response:
         )
     runtime = request.app[RUNTIME]
     fleet = runtime.services.fleet
-    raw = await request.read() if request.can_read_body else None
+    raw = await read_body(request, runtime.settings) if request.can_read_body else None
     model: str | None = None
     if raw:
         try:
@@ -172,6 +183,16 @@ async def passthrough(request: web.Request) -> web.Response:
         raise UpstreamError(f"backend {backend.name} failed: {exc}") from exc
     finally:
         upstream.close()
+    if upstream.status >= 400 and not is_openai_error(data):
+        # The engine's own non-OpenAI error page (a text 404, say): the client gets our shape.
+        log.info(
+            "backend %s answered %s %s with HTTP %d",
+            backend.name,
+            request.method,
+            request.path,
+            upstream.status,
+        )
+        return upstream_status_error(upstream.status, request)
     return web.Response(
         status=upstream.status,
         body=data,

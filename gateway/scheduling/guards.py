@@ -116,6 +116,12 @@ def admit(load: BackendLoad, w: WaitingView, *, epsilon: float, margin: float) -
     return Verdict.TPOT
 
 
+def never_fits(load: BackendLoad, w: WaitingView) -> bool:
+    """``w``'s KV need exceeds the backend's whole cache: no amount of waiting admits it."""
+    capacity = load.view.kv_capacity
+    return capacity is not None and w.reserve_tokens > capacity
+
+
 def placement_cost(
     load: BackendLoad, w: WaitingView, *, now: float, epsilon: float
 ) -> tuple[float, float, int, str]:

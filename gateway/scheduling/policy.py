@@ -13,6 +13,7 @@ from gateway.scheduling.guards import (
     credit_after_pass,
     fifo_key,
     ldf_key,
+    never_fits,
     placement_cost,
     predicted_prefill,
     priority_tier,
@@ -138,6 +139,14 @@ class SloPolicy:
                     credits[w.ticket] = credits[w.ticket] - 1.0
                 continue
             idle = [load for load in candidates if load.count == 0]
+            if all(never_fits(load, w) for load in candidates):
+                # Its KV estimate exceeds every cache even empty: the estimate is high (the
+                # arrival check let it through), so it goes alone to an idle backend, whose
+                # engine decides; until then it waits without holding up those behind it.
+                if idle:
+                    idle[0].add(w)
+                    placements.append(Placement(w.ticket, idle[0].view.name, priority_tier(trp)))
+                continue
             if idle and all(v in (Verdict.TPOT, Verdict.TPOT_OWN) for v in verdicts.values()):
                 # Not even an idle backend would decode it fast enough.
                 if w.rejectable and self.reject:

@@ -209,8 +209,20 @@ def test_an_urgent_request_skips_the_credit_wait() -> None:
 def test_ldf_stops_at_the_first_request_that_does_not_fit() -> None:
     policy = SloPolicy(credits=False, reject=False)
     queue = [wait(1, deadline=1.0, reserve=800), wait(2, deadline=2.0, reserve=10)]
-    plan = policy(queue, [backend(kv=500)], 0.0)
+    plan = policy(queue, [backend("a", running(1, kv=300), kv=1000)], 0.0)
     assert plan.placements == []  # 2 would fit, but must not overtake 1
+
+
+def test_a_request_no_cache_can_hold_does_not_block_those_behind_it() -> None:
+    policy = SloPolicy(credits=False, reject=False)
+    huge = wait(1, deadline=1.0, reserve=5000)
+    queue = [huge, wait(2, deadline=2.0, reserve=10)]
+    # Both backends busy: the huge one waits for an idle backend, the small one goes now.
+    busy = [backend("a", running(1), kv=1000), backend("b", running(1), kv=1000)]
+    assert [p.ticket for p in policy(queue, busy, 0.0).placements] == [2]
+    # An idle backend takes it alone, and its engine decides.
+    plan = policy(queue, [backend("a", running(1), kv=1000), backend("b", kv=1000)], 0.0)
+    assert [(p.ticket, p.backend) for p in plan.placements] == [(1, "b"), (2, "a")]
 
 
 def test_own_tight_target_does_not_block_looser_requests() -> None:
