@@ -14,6 +14,7 @@ import aiohttp
 from adapters.base import EngineAdapter, EngineLoad
 from adapters.vllm import VllmAdapter
 from gateway.config import BackendConfig, LatencyPrior
+from gateway.outliers import OutlierRules, OutlierState, may_eject
 from gateway.scheduling.latency import ItlModel, ItlParams, PrefillModel, PrefillParams
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class Backend:
     consecutive_failures: int = 0
     last_error: str | None = None
     last_probe: float | None = field(default=None)
+    outlier: OutlierState = field(default_factory=OutlierState)
 
     @classmethod
     def create(cls, config: BackendConfig, adapter: EngineAdapter, prior: LatencyPrior) -> Backend:
@@ -93,8 +95,13 @@ class Backend:
 
     @property
     def routable(self) -> bool:
-        """Takes new requests: healthy, active, and not leaving the config."""
-        return self.healthy and not self.draining and self.config.state == "active"
+        """Takes new requests: healthy, not ejected, active, and not leaving the config."""
+        return (
+            self.healthy
+            and not self.outlier.ejected
+            and not self.draining
+            and self.config.state == "active"
+        )
 
     @property
     def kv_capacity(self) -> int | None:
@@ -177,12 +184,17 @@ class Fleet:
         *,
         unhealthy_after: int,
         probe_timeout_s: float,
+        outliers: OutlierRules | None = None,
         on_change: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._backends = {b.name: b for b in backends}
         self._unhealthy_after = unhealthy_after
         self._probe_timeout_s = probe_timeout_s
+        self._outliers = outliers or OutlierRules()
         self.on_change = on_change
+        self._clock = clock
+        self._returns: set[asyncio.Task[None]] = set()
 
     def __iter__(self) -> Iterator[Backend]:
         return iter(self._backends.values())
@@ -260,14 +272,47 @@ class Fleet:
             backend.healthy = False
             self.on_change()
 
+    def response_ok(self, backend: Backend) -> None:
+        """A response from ``backend`` completed."""
+        backend.outlier.succeeded(self._clock(), self._outliers)
+
+    def response_failed(self, backend: Backend, reason: str) -> None:
+        """A response from ``backend`` failed after the backend took the request: count it,
+        and eject the backend once they run in a row (gateway.outliers)."""
+        ejected = sum(b.outlier.ejected for b in self._backends.values())
+        allowed = may_eject(ejected, len(self._backends), self._outliers)
+        now = self._clock()
+        if not backend.outlier.failed(reason, now, self._outliers, allowed):
+            return
+        state = backend.outlier
+        assert state.ejected_until is not None
+        log.warning(
+            "backend %s ejected for %.0f s: %s",
+            backend.name,
+            state.ejected_until - now,
+            state.reason,
+        )
+        self.on_change()
+        loop = asyncio.get_running_loop()
+        loop.call_later(state.ejected_until - now, self._probe_back, backend)
+
+    def _probe_back(self, backend: Backend) -> None:
+        task = asyncio.get_running_loop().create_task(self.probe(backend))
+        self._returns.add(task)
+        task.add_done_callback(self._returns.discard)
+
     async def probe_all(self) -> None:
         await asyncio.gather(*(self.probe(b) for b in self._backends.values()))
 
     async def probe(self, backend: Backend) -> None:
         result = await backend.adapter.probe(self._probe_timeout_s)
-        backend.last_probe = time.monotonic()
+        backend.last_probe = self._clock()
         was_healthy = backend.healthy
         old_models = backend.models
+        if result.healthy and backend.outlier.may_return(backend.last_probe):
+            backend.outlier.returned(backend.last_probe)
+            log.info("backend %s passed its probe after its ejection: back in", backend.name)
+            self.on_change()
         if result.healthy:
             backend.consecutive_failures = 0
             backend.healthy = True

@@ -7,12 +7,13 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.fleet import Fleet
 from gateway.records import RequestRecord
 from gateway.scaling import PoolState
+from gateway.state.breaker import Breaker
 
 _LATENCY_BUCKETS = (
     0.005,
@@ -79,9 +80,19 @@ class _FleetCollector(Collector):
         running = backend_gauge("sluice_backend_engine_running", "Running, as the engine says")
         waiting = backend_gauge("sluice_backend_engine_waiting", "Waiting, as the engine says")
         kv = backend_gauge("sluice_backend_kv_usage", "KV-cache usage (0..1), as the engine says")
+        ejected = backend_gauge(
+            "sluice_backend_ejected", "1 while outlier detection keeps the backend out"
+        )
+        ejections = CounterMetricFamily(
+            "sluice_backend_ejections",
+            "Times outlier detection ejected the backend",
+            labels=["backend"],
+        )
         for backend in self._fleet:
             in_flight.add_metric([backend.name], backend.in_flight)
             healthy.add_metric([backend.name], 1.0 if backend.healthy else 0.0)
+            ejected.add_metric([backend.name], 1.0 if backend.outlier.ejected else 0.0)
+            ejections.add_metric([backend.name], backend.outlier.ejections_total)
             load = backend.load
             if load is not None:
                 for family, value in (
@@ -91,7 +102,7 @@ class _FleetCollector(Collector):
                 ):
                     if value is not None:
                         family.add_metric([backend.name], value)
-        yield from (in_flight, healthy, running, waiting, kv)
+        yield from (in_flight, healthy, ejected, ejections, running, waiting, kv)
         estimates = GaugeMetricFamily(
             "sluice_backend_latency_model",
             "Online latency-model parameters (seconds; theta in tokens)",
@@ -150,6 +161,30 @@ class _PoolCollector(Collector):
             if math.isfinite(s.saved_tpot_s):
                 saved.add_metric([pool], s.saved_tpot_s)
         yield from (advice, ready, ratio, rejects, saved)
+
+
+class _BreakerCollector(Collector):
+    """The shared store's circuit breaker (gateway.state.breaker)."""
+
+    def __init__(self, breaker: Breaker) -> None:
+        self._breaker = breaker
+
+    def collect(self) -> Iterator[Metric]:
+        b = self._breaker
+        up = GaugeMetricFamily(
+            "sluice_shared_state_up", "1 while the shared store (Redis) answers in time"
+        )
+        up.add_metric([], 0.0 if b.open else 1.0)
+        trips = CounterMetricFamily(
+            "sluice_shared_state_breaker_trips", "Times the store's circuit breaker opened"
+        )
+        trips.add_metric([], b.trips)
+        refused = CounterMetricFamily(
+            "sluice_shared_state_calls_skipped",
+            "Store calls answered at once from local state while the breaker was open",
+        )
+        refused.add_metric([], b.refused)
+        yield from (up, trips, refused)
 
 
 class GatewayMetrics:
@@ -241,6 +276,9 @@ class GatewayMetrics:
         instances: Callable[[], Mapping[str, int]],
     ) -> None:
         self.registry.register(_PoolCollector(pools, instances))
+
+    def watch_breaker(self, breaker: Breaker) -> None:
+        self.registry.register(_BreakerCollector(breaker))
 
     def observe(self, record: RequestRecord) -> None:
         labels = (record.model, record.slo.class_name)

@@ -54,6 +54,10 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
         return web.json_response(
             error_body(message, "invalid_request_error", code=exc.status), status=exc.status
         )
+    except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
+        # The client went away before its answer: an ordinary event, and no one to tell.
+        log.info("client of %s %s disconnected before its answer", request.method, request.path)
+        return web.Response(status=499)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return web.json_response(

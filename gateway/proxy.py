@@ -82,6 +82,7 @@ class Proxy:
         *,
         timeouts: Timeouts,
         queue_timeout_s: float,
+        send_timeout_s: float = 30.0,
         sharing: LoadSharing | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -92,6 +93,7 @@ class Proxy:
         self._samples = samples
         self._timeouts = timeouts
         self._queue_timeout_s = queue_timeout_s
+        self._send_timeout_s = send_timeout_s
         self._sharing = sharing
         self._clock = clock
 
@@ -116,10 +118,10 @@ class Proxy:
             raise
         try:
             if upstream.status != 200:
-                return await self._relay_status(upstream, record)
+                return await self._relay_status(upstream, record, lease)
             if record.stream:
                 return await self._relay_stream(request, upstream, call, record, lease)
-            return await self._relay_body(upstream, record)
+            return await self._relay_body(upstream, record, lease)
         except asyncio.CancelledError:
             record.outcome = "cancelled"
             raise
@@ -142,7 +144,10 @@ class Proxy:
             except NoBackendAvailable as exc:
                 if failure is None:
                     raise
-                raise UpstreamError(f"{failure}; no other backend to retry on") from exc
+                raise UpstreamError(
+                    f"backend {record.backend} could not be reached, and no other backend "
+                    "was free to retry on"
+                ) from exc
             record.dispatch, record.backend, record.attempts = (
                 lease.dispatched_at,
                 lease.backend,
@@ -160,6 +165,7 @@ class Proxy:
                 )
             except BackendUnreachable as exc:
                 self._release(lease)
+                log.warning("request %s: backend %s unreachable: %s", record.id, backend.name, exc)
                 self._fleet.mark_unreachable(lease.backend, str(exc))
                 excluded.add(lease.backend)
                 failure = exc
@@ -168,12 +174,16 @@ class Proxy:
                 continue
             except BackendTimeout as exc:
                 self._release(lease)
-                raise UpstreamTimeout(str(exc)) from exc
+                log.warning("request %s: backend %s timed out: %s", record.id, backend.name, exc)
+                self._fleet.response_failed(backend, "no response headers in time")
+                raise UpstreamTimeout(
+                    f"backend {backend.name} did not start its answer in time"
+                ) from exc
             except BaseException:
                 self._release(lease)
                 raise
             return lease, upstream
-        raise UpstreamError(f"backend unreachable, also after one retry: {failure}")
+        raise UpstreamError("the backend could not be reached, nor another one on retry")
 
     async def _place(self, wanted: Demand, excluded: set[str], until: float) -> Lease:
         """A slot from this replica's scheduler and, with replicas sharing load, the shared
@@ -233,11 +243,13 @@ class Proxy:
         return headers
 
     async def _relay_status(
-        self, upstream: UpstreamResponse, record: RequestRecord
+        self, upstream: UpstreamResponse, record: RequestRecord, lease: Lease
     ) -> web.StreamResponse:
         """A non-200 answer: a valid OpenAI error body passes through unchanged."""
         record.outcome = "upstream_status"
         record.status = upstream.status
+        if upstream.status >= 500 and upstream.status != 503:  # 503: the engine is busy
+            self._fleet.response_failed(lease.owner, f"HTTP {upstream.status}")
         try:
             data = await upstream.read()
         except StreamBroken:
@@ -252,13 +264,17 @@ class Proxy:
         raise UpstreamError(f"backend {record.backend} answered HTTP {upstream.status}")
 
     async def _relay_body(
-        self, upstream: UpstreamResponse, record: RequestRecord
+        self, upstream: UpstreamResponse, record: RequestRecord, lease: Lease
     ) -> web.StreamResponse:
         try:
             data = await upstream.read()
         except StreamBroken as exc:
             record.outcome, record.status = "failed", UpstreamError.status
-            raise UpstreamError(f"backend {record.backend} failed: {exc}") from exc
+            self._broken(record, lease, exc)
+            raise UpstreamError(
+                f"backend {record.backend} failed before its answer was complete"
+            ) from exc
+        self._fleet.response_ok(lease.owner)
         record.finish = self._clock()
         try:
             usage = json.loads(data).get("usage")
@@ -288,30 +304,41 @@ class Proxy:
             },
         )
         record.status = 200
-        await response.prepare(request)
         try:
+            await response.prepare(request)
             async for event in upstream.events():
                 self._observe(event, record, lease)
                 if event.usage_only and not call.wants_usage:
                     continue
-                await response.write(event.raw)
+                async with asyncio.timeout(self._send_timeout_s):
+                    await response.write(event.raw)
         except StreamBroken as exc:
             record.outcome = "failed"
-            log.warning("request %s: stream from %s broke: %s", record.id, record.backend, exc)
+            self._broken(record, lease, exc)
             failure = error_body(
-                f"backend {record.backend} failed mid-stream: {exc}",
+                f"backend {record.backend} failed mid-stream; the reply is incomplete",
                 UpstreamError.error_type,
-                code=UpstreamError.code,
+                code="upstream_stream_broken",
             )
             await self._write_quietly(response, f"data: {json.dumps(failure)}\n\n".encode())
             return response
         except _CLIENT_GONE:
             record.outcome = "cancelled"
             return response
+        except TimeoutError:
+            log.info("request %s: the client stopped reading; its stream is cut", record.id)
+            record.outcome = "cancelled"
+            return response
         if record.outcome == "pending":
             record.outcome = "ok"
+            self._fleet.response_ok(lease.owner)
         await self._write_quietly(response, None)
         return response
+
+    def _broken(self, record: RequestRecord, lease: Lease, exc: StreamBroken) -> None:
+        """A response that broke after it started: the detail goes to the log, not the client."""
+        log.warning("request %s: the answer from %s broke: %s", record.id, record.backend, exc)
+        self._fleet.response_failed(lease.owner, "response broke after it started")
 
     def _observe(self, event: StreamEvent, record: RequestRecord, lease: Lease) -> None:
         if event.tokens:

@@ -17,6 +17,7 @@ from gateway.config import BackendConfig, GatewayConfig, SchedulerConfig
 from gateway.fleet import Backend, Fleet, background, make_adapter
 from gateway.learning import SharedLearning
 from gateway.metrics import GatewayMetrics
+from gateway.outliers import OutlierRules
 from gateway.proxy import Proxy
 from gateway.records import RecordLog
 from gateway.scaling import Scaler
@@ -94,7 +95,9 @@ class Runtime:
         s = self.settings
         loaded = await asyncio.to_thread(artifact.load, s.predictor_artifact or artifact.PACKAGED)
         store: Store = (
-            RedisStore(s.redis_url, prefix=s.redis_prefix) if s.redis_url else MemoryStore()
+            RedisStore(s.redis_url, prefix=s.redis_prefix, call_timeout_s=s.redis_timeout_s)
+            if s.redis_url
+            else MemoryStore()
         )
         self.config = with_layout(self.config)
         self.config, version = await self._shared_config(store)
@@ -103,7 +106,10 @@ class Runtime:
         session = aiohttp.ClientSession(connector=connector)
         backends = [self._build_backend(session, cfg) for cfg in self.config.backends]
         fleet = Fleet(
-            backends, unhealthy_after=s.unhealthy_after, probe_timeout_s=s.probe_timeout_s
+            backends,
+            unhealthy_after=s.unhealthy_after,
+            probe_timeout_s=s.probe_timeout_s,
+            outliers=OutlierRules(s.eject_after, s.eject_base_s, s.eject_max_s),
         )
         # The in-process store serves one replica: its local accounting is already exact.
         sharing = LoadSharing(store, ttl_s=s.shared_lease_ttl_s) if s.redis_url else None
@@ -116,6 +122,8 @@ class Runtime:
         scheduler.instances = instance_ids(self.config)
         fleet.on_change = scheduler.schedule
         metrics = GatewayMetrics(fleet, scheduler.queue_depths)
+        if isinstance(store, RedisStore):
+            metrics.watch_breaker(store.breaker)
         records = RecordLog(s.records_kept)
         scaler = Scaler(fleet, records, scheduler.queue_depths, session)
         metrics.watch_pools(
@@ -131,6 +139,7 @@ class Runtime:
             samples,
             timeouts=self.timeouts(),
             queue_timeout_s=s.queue_timeout_s,
+            send_timeout_s=s.send_timeout_s,
             sharing=sharing,
         )
         self._services = Services(

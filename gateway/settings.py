@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     keepalive_timeout_s: float = Field(
         default=75.0, gt=0, description="An idle client connection is closed after this."
     )
+    send_timeout_s: float = Field(
+        default=30.0, gt=0, description="A client must take each streamed chunk within this."
+    )
     max_connections: int = Field(
         default=4096, ge=1, description="Client connections held at once; more get a 503."
     )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
 
 from gateway.api.openai import RUNTIME
+from gateway.outliers import OutlierState
 from gateway.state.load import LoadTotals
 
 
@@ -24,6 +26,7 @@ def _peers(totals: LoadTotals) -> dict[str, Any]:
 
 def backend_stats(request: web.Request) -> list[dict[str, Any]]:
     services = request.app[RUNTIME].services
+    now = time.monotonic()
     rows = []
     for b in services.fleet:
         batch, context = b.decoding()
@@ -49,9 +52,23 @@ def backend_stats(request: web.Request) -> list[dict[str, Any]]:
                     "itl": {**asdict(b.itl.params), "observations": b.itl.observations},
                 },
                 "last_error": b.last_error,
+                "outlier": _outlier(b.outlier, now),
             }
         )
     return rows
+
+
+def _outlier(state: OutlierState, now: float) -> dict[str, Any]:
+    """Why a backend is out of rotation, if it is (gateway.outliers)."""
+    return {
+        "ejected": state.ejected,
+        "ejected_for_s": None
+        if state.ejected_until is None
+        else max(0.0, state.ejected_until - now),
+        "reason": state.reason,
+        "consecutive_failures": state.consecutive,
+        "ejections": state.ejections_total,
+    }
 
 
 async def stats(request: web.Request) -> web.Response:

@@ -16,6 +16,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.state.breaker import Breaker
 from gateway.state.keys import SAMPLES_TTL_S, Keys
 from gateway.state.load import AdmissionRule, Grant, LeaseWeight, LoadTotals
 from gateway.state.store import ModelBlob, StaleVersion, StoreUnavailable, Versioned
@@ -171,14 +172,29 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
+BULK_TIMEOUT_S = 5.0  # calls that move a model's weights or the sample list
+
+
 class RedisStore:
-    def __init__(self, url: str, *, prefix: str = "sluice", timeout_s: float = 1.0) -> None:
+    """Every call goes through a circuit breaker (``gateway.state.breaker``): ``call_timeout_s``
+    bounds each one, and a store that fails or overruns it is left alone until it answers a
+    background ping again."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "sluice",
+        timeout_s: float = 1.0,
+        call_timeout_s: float = 0.25,
+    ) -> None:
         self._redis = redis.Redis.from_url(
             url,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             decode_responses=True,
         )
+        self.breaker = Breaker(self._redis.ping, timeout_s=call_timeout_s, down=_DOWN)
         self.keys = Keys(prefix)
         self._put = self._redis.register_script(PUT_CONFIG)
         self._admit = self._redis.register_script(ADMIT_LEASE)
@@ -188,22 +204,17 @@ class RedisStore:
         self._pubsub: PubSub | None = None
 
     async def get_config(self) -> Versioned | None:
-        try:
-            found = await self._redis.hgetall(self.keys.config)
-        except _DOWN as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        found = await self.breaker.call(lambda: self._redis.hgetall(self.keys.config))
         if not found:
             return None
         return Versioned(int(found["version"]), str(found["payload"]))
 
     async def put_config(self, payload: str, expected_version: int | None) -> int:
         expected = "" if expected_version is None else str(expected_version)
-        try:
-            ok, version = await self._put(
-                keys=[self.keys.config, self.keys.config_channel], args=[expected, payload]
-            )
-        except _DOWN as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        keys = [self.keys.config, self.keys.config_channel]
+        ok, version = await self.breaker.call(
+            lambda: self._put(keys=keys, args=[expected, payload])
+        )
         if not ok:
             raise StaleVersion(int(version))
         return int(version)
@@ -219,21 +230,20 @@ class RedisStore:
         capacity = rule.kv_capacity if rule.kv_capacity is not None else -1
         args: list[str | int] = [lease, _ms(ttl_s), _weight(weight), rule.max_in_flight]
         args += [capacity, repr(rule.epsilon), repr(rule.margin), *vbs]
-        try:
-            answer = await self._admit(keys=self._lease_keys(backend), args=args)
-        except _DOWN as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        keys = self._lease_keys(backend)
+        answer = await self.breaker.call(lambda: self._admit(keys=keys, args=args))
         return Grant(bool(answer[0]), _totals(answer[1:]))
 
     async def release_lease(self, backend: str, lease: str) -> None:
         expiry, weights = self._lease_keys(backend)
-        try:
+
+        async def release() -> None:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.zrem(expiry, lease)
                 pipe.hdel(weights, lease)
                 await pipe.execute()
-        except _DOWN as exc:
-            raise StoreUnavailable(str(exc)) from exc
+
+        await self.breaker.call(release)
 
     async def sync_leases(
         self, held: Mapping[str, Mapping[str, LeaseWeight]], ttl_s: float
@@ -245,68 +255,65 @@ class RedisStore:
         leases = [
             json.dumps([[lease, _weight(w)] for lease, w in held[b].items()]) for b in backends
         ]
+        args: list[str | int] = [_ms(ttl_s), self._epoch, uuid.uuid4().hex, *leases]
         try:
-            answer = await self._sync(
-                keys=keys, args=[_ms(ttl_s), self._epoch, uuid.uuid4().hex, *leases]
-            )
-        except _DOWN as exc:
+            answer = await self.breaker.call(lambda: self._sync(keys=keys, args=args))
+        except StoreUnavailable:
             self._epoch = ""  # leases may lapse while away: register them again on return
-            raise StoreUnavailable(str(exc)) from exc
+            raise
         self._epoch = str(answer[0])
         return {b: _totals(answer[1 + 4 * i : 5 + 4 * i]) for i, b in enumerate(backends)}
 
     async def load_totals(self, backend: str) -> LoadTotals:
-        try:
-            return _totals(await self._load(keys=self._lease_keys(backend)))
-        except _DOWN as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        keys = self._lease_keys(backend)
+        return _totals(await self.breaker.call(lambda: self._load(keys=keys)))
 
     async def push_samples(self, lines: Sequence[str], keep: int) -> None:
         if not lines:
             return
-        try:
+
+        async def push() -> None:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.rpush(self.keys.samples, *lines)
                 pipe.ltrim(self.keys.samples, -keep, -1)
                 pipe.expire(self.keys.samples, SAMPLES_TTL_S)
                 await pipe.execute()
-        except _DOWN as exc:
-            raise StoreUnavailable(str(exc)) from exc
+
+        await self.breaker.call(push, timeout_s=BULK_TIMEOUT_S)
 
     async def recent_samples(self) -> list[str]:
-        try:
-            return [str(line) for line in await self._redis.lrange(self.keys.samples, 0, -1)]
-        except _DOWN as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        found = await self.breaker.call(
+            lambda: self._redis.lrange(self.keys.samples, 0, -1), timeout_s=BULK_TIMEOUT_S
+        )
+        return [str(line) for line in found]
 
     async def put_model(self, blob: ModelBlob) -> None:
         weights = base64.b64encode(blob.weights).decode("ascii")
-        try:
-            await self._redis.hset(
+        await self.breaker.call(
+            lambda: self._redis.hset(
                 self.keys.model,
                 mapping={"version": blob.version, "manifest": blob.manifest, "weights": weights},
-            )
-        except _DOWN as exc:
-            raise StoreUnavailable(str(exc)) from exc
+            ),
+            timeout_s=BULK_TIMEOUT_S,
+        )
 
     async def model_version(self) -> str | None:
-        try:
-            found = await self._redis.hget(self.keys.model, "version")
-        except _DOWN as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        found = await self.breaker.call(lambda: self._redis.hget(self.keys.model, "version"))
         return None if found is None else str(found)
 
     async def get_model(self) -> ModelBlob | None:
-        try:
-            found = await self._redis.hgetall(self.keys.model)
-        except _DOWN as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        found = await self.breaker.call(
+            lambda: self._redis.hgetall(self.keys.model), timeout_s=BULK_TIMEOUT_S
+        )
         if not found:
             return None
         weights = base64.b64decode(found["weights"])
         return ModelBlob(str(found["version"]), str(found["manifest"]), weights)
 
     async def wait_for_change(self, timeout_s: float) -> None:
+        if self.breaker.open:
+            await asyncio.sleep(timeout_s)  # the breaker's probe watches the store meanwhile
+            return
         try:
             if self._pubsub is None:
                 self._pubsub = self._redis.pubsub()
@@ -318,6 +325,7 @@ class RedisStore:
             await asyncio.sleep(timeout_s)
 
     async def close(self) -> None:
+        await self.breaker.close()
         if self._pubsub is not None:
             with contextlib.suppress(*_DOWN):
                 await self._pubsub.aclose()  # type: ignore[no-untyped-call]
