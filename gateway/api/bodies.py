@@ -107,23 +107,28 @@ class Generation:
     model: str
     stream: bool
     wants_usage: bool
-    sequences: int  # sequences the engine runs at once: n (or best_of) per prompt
     max_tokens: int | None
     fixed_tokens: bool  # the reply's length is max_tokens exactly (ignore_eos)
 
 
-def _param(loc: tuple[int | str, ...]) -> str:
-    """pydantic's location as OpenAI's ``param``: ``messages.0.content``. Union branches'
-    type names, which pydantic puts in the location, are left out."""
-    parts = [str(p) for p in loc if isinstance(p, int) or ("[" not in p and p[:1].islower())]
-    return ".".join(parts) or str(loc[0])
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
+def _is_tag(part: str) -> bool:
+    """A union branch's name, which pydantic puts in an error's location."""
+    return part in _TYPE_TAGS or "[" in part or "-" in part or part[:1].isupper()
 
 
 def invalid(exc: ValidationError) -> InvalidRequest:
+    """The first error as OpenAI reports it: ``param`` is the field's path
+    (``messages.0.content``)."""
     first = exc.errors(include_url=False)[0]
-    param = _param(tuple(first["loc"])) if first["loc"] else None
+    loc = tuple(first["loc"])
+    parts = [str(p) for p in loc if isinstance(p, int) or not _is_tag(p)]
+    param = ".".join(parts) or None
+    alternatives = " (nor any other type the field accepts)" if len(parts) < len(loc) else ""
     where = f"'{param}': " if param else ""
-    return InvalidRequest(f"{where}{first['msg']}", param=param)
+    return InvalidRequest(f"{where}{first['msg']}{alternatives}", param=param)
 
 
 def _prompts(request: ChatRequest | CompletionRequest) -> int:
@@ -133,6 +138,19 @@ def _prompts(request: ChatRequest | CompletionRequest) -> int:
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
         return len(prompt)
     return 1
+
+
+def _one_sequence(n: int, best_of: int | None, prompts: int) -> None:
+    """The guards count one sequence per request (its KV, its place in the batch): a request
+    that would run several at once is refused rather than under-counted."""
+    for param, value in (("n", n), ("best_of", best_of or 1), ("prompt", prompts)):
+        if value > 1:
+            raise InvalidRequest(
+                f"'{param}' asks for {value} sequences at once; this gateway serves one "
+                "sequence per request (send one prompt, n=1, per request), so that its "
+                "admission counts what the engine really runs",
+                param=param,
+            )
 
 
 def validate_generation(body: dict[str, Any], *, chat: bool) -> Generation:
@@ -155,12 +173,12 @@ def validate_generation(body: dict[str, Any], *, chat: bool) -> Generation:
         limit = request.max_completion_tokens
     if request.min_tokens is not None and limit is not None and request.min_tokens > limit:
         raise InvalidRequest("'min_tokens' must not exceed 'max_tokens'", param="min_tokens")
+    _one_sequence(n, request.best_of, _prompts(request))
     options = request.stream_options
     return Generation(
         model=request.model,
         stream=stream,
         wants_usage=bool(options and options.include_usage),
-        sequences=max(n, request.best_of or 1) * _prompts(request),
         max_tokens=limit,
         fixed_tokens=bool(request.ignore_eos) and limit is not None,
     )

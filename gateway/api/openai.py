@@ -16,7 +16,6 @@ from adapters.base import BackendTimeout, BackendUnreachable, StreamBroken
 from gateway.api.bodies import read_json_object, validate_generation
 from gateway.errors import (
     ContextLengthExceeded,
-    InvalidRequest,
     MethodNotAllowed,
     ModelNotFound,
     NoBackendAvailable,
@@ -103,12 +102,6 @@ def _generation(endpoint: str, *, chat: bool) -> Any:
         services = runtime.services
         if model not in services.fleet.known_models():
             raise ModelNotFound(f"the model {model!r} does not exist", param="model")
-        if generation.sequences > 1:
-            raise InvalidRequest(
-                "one sequence per request: 'n' and 'best_of' above 1, and lists of prompts, "
-                "are refused because the gateway's admission could not account for them",
-                param="prompt" if not chat and body.get("n", 1) == 1 else "n",
-            )
         slo = resolve_slo(request.headers, model, runtime.config)
         expected = estimate(body, services.lengths, runtime.config.scheduler.output_quantile)
         check_context(services.fleet, model, expected, generation.max_tokens)
