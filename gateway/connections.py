@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from gateway.errors import error_body
 
@@ -177,8 +180,35 @@ class ConnectionGuard:
         return track
 
 
+class OpenAIErrorsHandler(RequestHandler):
+    """aiohttp's connection handler, but a request it cannot parse (a bad header byte, a line
+    too long, broken framing) is answered with an OpenAI error body, as every other 4xx is,
+    and logged as the client's mistake it is rather than as a server error."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        log.info("unparsable request from %s: %s", request.remote, exc)
+        reason = exc.message if isinstance(exc, HttpProcessingError) else None
+        text = str(reason or message or "the request could not be parsed").strip()
+        first = text.splitlines()[0] if text else "the request could not be parsed"
+        response = web.json_response(
+            error_body(f"malformed HTTP request: {first}", "invalid_request_error", code=status),
+            status=status,
+        )
+        response.force_close()
+        return response
+
+
 class GuardedSite(web.TCPSite):
-    """A TCP site whose connections go through a ConnectionGuard."""
+    """A TCP site whose connections go through a ConnectionGuard, each handled by an
+    OpenAIErrorsHandler."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: ConnectionGuard):
         super().__init__(runner, host, port)
@@ -188,8 +218,18 @@ class GuardedSite(web.TCPSite):
         await web.BaseSite.start(self)
         server = self._runner.server
         assert server is not None
-        created = await asyncio.get_running_loop().create_server(
-            self._guard.wrap(server), self._host, self._port, backlog=self._backlog
+        loop = asyncio.get_running_loop()
+        keepalive = self._guard.limits.keepalive_timeout_s
+
+        def handler() -> asyncio.Protocol:
+            # access_log=None is aiohttp's own way to log no access lines (typed Logger).
+            no_access_log = cast(logging.Logger, None)
+            return OpenAIErrorsHandler(
+                server, loop=loop, keepalive_timeout=keepalive, access_log=no_access_log
+            )
+
+        created = await loop.create_server(
+            self._guard.wrap(handler), self._host, self._port, backlog=self._backlog
         )
         self._server = created
         self._bound_port = created.sockets[0].getsockname()[1] if created.sockets else self._port

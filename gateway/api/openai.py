@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -13,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from adapters.base import BackendTimeout, BackendUnreachable, StreamBroken
-from gateway.api.bodies import read_json_object, validate_generation
+from gateway.api.bodies import parse_json_object, read_json_object, validate_generation
 from gateway.errors import (
     ContextLengthExceeded,
     MethodNotAllowed,
@@ -148,11 +147,10 @@ async def passthrough(request: web.Request) -> web.Response:
     raw = await read_body(request, runtime.settings) if request.can_read_body else None
     model: str | None = None
     if raw:
-        try:
-            parsed = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            parsed = None
-        if isinstance(parsed, dict) and isinstance(parsed.get("model"), str):
+        # vLLM's other endpoints take JSON objects too: hostile bytes stop here, as for
+        # generation, and the body goes on as the client sent it.
+        parsed = parse_json_object(raw)
+        if isinstance(parsed.get("model"), str):
             model = parsed["model"]
     if model is not None and model not in fleet.known_models():
         raise ModelNotFound(f"the model {model!r} does not exist", param="model")
