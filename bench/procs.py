@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +157,84 @@ def redis_server(workdir: Path, port: int | None = None) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def redis_cli() -> str:
+    """The command-line client beside the server binary (valkey-cli or redis-cli)."""
+    server = Path(redis_binary())
+    for name in ("valkey-cli", "redis-cli"):
+        candidate = server.with_name(name)
+        if candidate.is_file():
+            return str(candidate)
+    raise RuntimeError(f"no valkey-cli or redis-cli beside {server}")
+
+
+@dataclass(frozen=True, slots=True)
+class RunningCluster:
+    """A local Redis Cluster: ``nodes[port]`` is each node's process."""
+
+    nodes: dict[int, subprocess.Popen[bytes]]
+
+    @property
+    def url(self) -> str:
+        """The cluster, named by one of its live nodes (the client finds the others)."""
+        live = min(port for port, process in self.nodes.items() if process.poll() is None)
+        return f"redis+cluster://127.0.0.1:{live}/0"
+
+    def cli(self, port: int, *args: str) -> str:
+        done = subprocess.run(
+            [redis_cli(), "-p", str(port), *args], capture_output=True, text=True, timeout=30
+        )
+        return done.stdout
+
+
+@contextlib.contextmanager
+def redis_cluster(workdir: Path, masters: int = 3, replicas: int = 1) -> Iterator[RunningCluster]:
+    """A Redis Cluster of ``masters`` masters with ``replicas`` replicas each, from the same
+    server binary (a short node timeout, so that a failover takes a few seconds), for the life
+    of the block."""
+    count = masters * (1 + replicas)
+    # Each node's client port and cluster-bus port (by default port + 10000, which may not
+    # exist for an ephemeral port), all distinct.
+    chosen: list[int] = []
+    while len(chosen) < 2 * count:
+        port = free_port()
+        if port not in chosen:
+            chosen.append(port)
+    ports, buses = chosen[:count], chosen[count:]
+    nodes: dict[int, subprocess.Popen[bytes]] = {}
+    try:
+        for port, bus in zip(ports, buses, strict=True):
+            nodes[port] = start_redis(
+                workdir / str(port),
+                port,
+                ("--cluster-enabled", "yes", "--cluster-port", str(bus),
+                 "--cluster-node-timeout", "1000",
+                 "--cluster-config-file", str(workdir / str(port) / "nodes.conf")),
+            )  # fmt: skip
+        subprocess.run(
+            [redis_cli(), "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+             "--cluster-replicas", str(replicas), "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        cluster = RunningCluster(nodes)
+
+        def ready() -> bool:
+            if not all("cluster_state:ok" in cluster.cli(p, "cluster", "info") for p in ports):
+                return False
+            # Every replica in sync with its master, so that a failover has one to promote.
+            infos = [cluster.cli(p, "info", "replication") for p in ports]
+            replicas_up = sum("master_link_status:up" in info for info in infos)
+            return replicas_up == masters * replicas
+
+        deadline = time.monotonic() + 60
+        while not ready():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster did not come up")
+            time.sleep(0.2)
+        yield cluster
+    finally:
+        for process in nodes.values():
+            process.terminate()
+        for process in nodes.values():
+            process.wait(timeout=10)

@@ -48,6 +48,8 @@ class RunningServer:
         return f"http://{self.host}:{self.port}"
 
     async def stop(self) -> None:
+        """Stop listening, let in-flight requests finish (up to the shutdown grace), then
+        tear the services down."""
         await self.runner.cleanup()
 
 
@@ -55,9 +57,15 @@ async def start_server(app: web.Application, host: str, port: int) -> RunningSer
     """Serve ``app`` on host:port (0 picks a free port). Handlers are cancelled when their
     client disconnects, which is what lets the gateway cancel the upstream request."""
     guard = app.get(GUARD)
+    runtime = app.get(RUNTIME)
     keepalive = 75.0 if guard is None else guard.limits.keepalive_timeout_s
     runner = web.AppRunner(
-        app, handler_cancellation=True, access_log=None, keepalive_timeout=keepalive
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        keepalive_timeout=keepalive,
+        # On stop, in-flight handlers get this long to finish before they are cancelled.
+        shutdown_timeout=60.0 if runtime is None else runtime.settings.shutdown_grace_s,
     )
     await runner.setup()
     site = (

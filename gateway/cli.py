@@ -45,6 +45,7 @@ GC_THRESHOLDS = (50_000, 20, 100)
 
 
 async def _serve(settings: Settings, config: GatewayConfig) -> None:
+    from gateway.api.openai import RUNTIME
     from gateway.app import build_app, start_server
 
     gc.set_threshold(*GC_THRESHOLDS)
@@ -57,8 +58,18 @@ async def _serve(settings: Settings, config: GatewayConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
+        # Graceful: fail readiness first (load balancers stop sending), then stop listening
+        # and let in-flight streams finish within the grace period; leases are given back.
+        runtime = server.runner.app[RUNTIME]
+        runtime.draining = True
+        log.info(
+            "shutting down: /ready fails now, the listener closes in %gs, in-flight requests "
+            "get %gs",
+            settings.shutdown_delay_s,
+            settings.shutdown_grace_s,
+        )
+        await asyncio.sleep(settings.shutdown_delay_s)
     finally:
-        log.info("shutting down")
         await server.stop()
 
 

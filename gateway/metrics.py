@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.config import GatewayConfig
 from gateway.fleet import Fleet
 from gateway.records import RequestRecord
 from gateway.scaling import PoolState
@@ -68,8 +69,10 @@ class _FleetCollector(Collector):
         queue = GaugeMetricFamily(
             "sluice_queue_depth", "Requests waiting in the gateway queue", labels=["model"]
         )
-        for model, depth in sorted(self._queue_depths().items()):
-            queue.add_metric([model], depth)
+        depths = self._queue_depths()
+        # Every model the fleet serves, waiting or not: a series must not vanish at zero.
+        for model in sorted(self._fleet.known_models() | depths.keys()):
+            queue.add_metric([model], depths.get(model, 0))
         yield queue
 
         def backend_gauge(name: str, documentation: str) -> GaugeMetricFamily:
@@ -161,6 +164,24 @@ class _PoolCollector(Collector):
             if math.isfinite(s.saved_tpot_s):
                 saved.add_metric([pool], s.saved_tpot_s)
         yield from (advice, ready, ratio, rejects, saved)
+
+
+class _TargetCollector(Collector):
+    """Each SLO class's targets, from the config in force, to draw latencies against."""
+
+    def __init__(self, config: Callable[[], GatewayConfig]) -> None:
+        self._config = config
+
+    def collect(self) -> Iterator[Metric]:
+        targets = GaugeMetricFamily(
+            "sluice_slo_target_seconds",
+            "Each SLO class's latency target",
+            labels=["slo_class", "objective"],
+        )
+        for name, slo in sorted(self._config().slo_classes.items()):
+            targets.add_metric([name, "ttft"], slo.ttft_ms / 1000)
+            targets.add_metric([name, "tpot"], slo.tpot_ms / 1000)
+        yield targets
 
 
 class _BreakerCollector(Collector):
@@ -276,6 +297,9 @@ class GatewayMetrics:
         instances: Callable[[], Mapping[str, int]],
     ) -> None:
         self.registry.register(_PoolCollector(pools, instances))
+
+    def watch_config(self, config: Callable[[], GatewayConfig]) -> None:
+        self.registry.register(_TargetCollector(config))
 
     def watch_breaker(self, breaker: Breaker) -> None:
         self.registry.register(_BreakerCollector(breaker))

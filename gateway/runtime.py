@@ -79,6 +79,7 @@ class Runtime:
         self.config = config
         self._services: Services | None = None
         self.retraining = asyncio.Lock()
+        self.draining = False  # shutting down: /ready fails, in-flight requests finish
 
     @property
     def services(self) -> Services:
@@ -122,6 +123,7 @@ class Runtime:
         scheduler.instances = instance_ids(self.config)
         fleet.on_change = scheduler.schedule
         metrics = GatewayMetrics(fleet, scheduler.queue_depths)
+        metrics.watch_config(lambda: self.config)
         if isinstance(store, RedisStore):
             metrics.watch_breaker(store.breaker)
         records = RecordLog(s.records_kept)
@@ -197,6 +199,8 @@ class Runtime:
         try:
             yield
         finally:
+            if sharing is not None:
+                await sharing.close(s.shutdown_grace_s)
             for task in tasks:
                 task.cancel()
             for task in tasks:

@@ -41,6 +41,14 @@ class Settings(BaseSettings):
         gt=0,
         description="A Redis call slower than this opens the circuit breaker: local accounting.",
     )
+    shutdown_delay_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="On SIGTERM, /ready fails this long before the listener closes.",
+    )
+    shutdown_grace_s: float = Field(
+        default=30.0, ge=0, description="On SIGTERM, in-flight requests get this long to finish."
+    )
     eject_after: int = Field(
         default=3, ge=1, description="Consecutive failed responses that eject a backend."
     )

@@ -62,7 +62,11 @@ async def make_gateway() -> AsyncIterator[GatewayFactory]:
     async def factory(
         sims: list[RunningSim], settings: dict[str, Any] | None = None, **config: Any
     ) -> RunningServer:
-        options: dict[str, Any] = {"probe_interval_s": 60.0, "port": 0}
+        # Several gateways share this test's event loop on a busy machine: a Redis call bound
+        # of 2 s keeps a stall of the loop from opening the circuit breaker (and so from
+        # admitting on local accounting) in tests of something else; the breaker's own test
+        # sets its bound.
+        options: dict[str, Any] = {"probe_interval_s": 60.0, "port": 0, "redis_timeout_s": 2.0}
         options.update(settings or {})
         server = await start_server(
             build_app(Settings(**options), gateway_config(sims, **config)), "127.0.0.1", 0

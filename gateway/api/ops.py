@@ -13,8 +13,13 @@ async def health(_request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """Ready when at least one backend passes its probes."""
-    fleet = request.app[RUNTIME].services.fleet
+    """Ready when at least one backend passes its probes, and not shutting down."""
+    runtime = request.app[RUNTIME]
+    if runtime.draining:
+        return web.json_response(
+            error_body("shutting down", "service_unavailable", code="draining"), status=503
+        )
+    fleet = runtime.services.fleet
     healthy = sorted(b.name for b in fleet if b.healthy)
     if healthy:
         return web.json_response({"ready": True, "healthy_backends": healthy})

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import math
 import uuid
 from collections.abc import Mapping, Sequence
@@ -13,6 +14,8 @@ from typing import Any
 
 import redis.asyncio as redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ClusterDownError, MasterDownError, RedisClusterException, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -20,6 +23,8 @@ from gateway.state.breaker import Breaker
 from gateway.state.keys import SAMPLES_TTL_S, Keys
 from gateway.state.load import AdmissionRule, Grant, LeaseWeight, LoadTotals
 from gateway.state.store import ModelBlob, StaleVersion, StoreUnavailable, Versioned
+
+log = logging.getLogger(__name__)
 
 # Compare-and-set of the config.
 # KEYS[1]: config hash (fields version, payload). KEYS[2]: change channel.
@@ -155,6 +160,24 @@ return {count, kv, ctx, tight}
 )
 
 
+# Release one lease. KEYS[1], KEYS[2]: the backend's lease expiry set and weight hash.
+# ARGV[1]: the lease id. Returns 1 if the lease was held, else 0.
+RELEASE_LEASE = """
+redis.call('HDEL', KEYS[2], ARGV[1])
+return redis.call('ZREM', KEYS[1], ARGV[1])
+"""
+
+# Append predictor samples, keep the newest, refresh the TTL.
+# KEYS[1]: the samples list. ARGV[1]: how many to keep. ARGV[2]: TTL s. ARGV[3..]: lines.
+# Returns the list's length.
+PUSH_SAMPLES = """
+for i = 3, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+return redis.call('LLEN', KEYS[1])
+"""
+
+
 def _weight(weight: LeaseWeight) -> str:
     tpot_us = round(weight.tpot_s * 1e6) if math.isfinite(weight.tpot_s) else -1
     return f"{weight.kv_tokens} {weight.context} {tpot_us}"
@@ -165,7 +188,24 @@ def _totals(values: list[Any]) -> LoadTotals:
     return LoadTotals(count, kv, ctx, tight / 1e6 if tight >= 0 else math.inf)
 
 
-_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+_DOWN = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    RedisClusterException,  # no node covers the slot yet (a failover under way)
+    ClusterDownError,
+    TryAgainError,
+    MasterDownError,
+)
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def cluster_url(url: str) -> str | None:
+    """``redis+cluster://host:port`` (or ``rediss+cluster://``) names a Redis Cluster, by
+    any of its nodes: the plain URL to reach that node; None for a standalone URL."""
+    scheme, sep, rest = url.partition("://")
+    plain = CLUSTER_SCHEMES.get(scheme.lower())
+    return f"{plain}{sep}{rest}" if plain and sep else None
 
 
 def _ms(seconds: float) -> int:
@@ -178,7 +218,13 @@ BULK_TIMEOUT_S = 5.0  # calls that move a model's weights or the sample list
 class RedisStore:
     """Every call goes through a circuit breaker (``gateway.state.breaker``): ``call_timeout_s``
     bounds each one, and a store that fails or overruns it is left alone until it answers a
-    background ping again."""
+    background ping again.
+
+    A ``redis+cluster://`` URL takes a Redis Cluster: the client follows MOVED and ASK and
+    fails over with the cluster; every key shares one hash tag (``keys.py``), so each script
+    runs on one node; and a config write waits for a replica to acknowledge it, so that a
+    master lost right after a write does not lose it.
+    """
 
     def __init__(
         self,
@@ -188,18 +234,27 @@ class RedisStore:
         timeout_s: float = 1.0,
         call_timeout_s: float = 0.25,
     ) -> None:
-        self._redis = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            decode_responses=True,
-        )
+        cluster = cluster_url(url)
+        options: dict[str, Any] = {
+            "socket_timeout": timeout_s,
+            "socket_connect_timeout": timeout_s,
+            "decode_responses": True,
+        }
+        self._cluster: RedisCluster | None = None
+        self._redis: redis.Redis | RedisCluster
+        if cluster is not None:
+            self._cluster = RedisCluster.from_url(cluster, **options)
+            self._redis = self._cluster
+        else:
+            self._redis = redis.Redis.from_url(url, **options)
         self.breaker = Breaker(self._redis.ping, timeout_s=call_timeout_s, down=_DOWN)
         self.keys = Keys(prefix)
         self._put = self._redis.register_script(PUT_CONFIG)
         self._admit = self._redis.register_script(ADMIT_LEASE)
         self._sync = self._redis.register_script(SYNC_LEASES)
         self._load = self._redis.register_script(LOAD_TOTALS)
+        self._release = self._redis.register_script(RELEASE_LEASE)
+        self._push = self._redis.register_script(PUSH_SAMPLES)
         self._epoch = ""  # the store epoch last seen; "" until the first sync
         self._pubsub: PubSub | None = None
 
@@ -217,7 +272,23 @@ class RedisStore:
         )
         if not ok:
             raise StaleVersion(int(version))
+        await self._replicated(self.keys.config)
         return int(version)
+
+    async def _replicated(self, key: str) -> None:
+        """In a cluster, wait (briefly) until a replica has the write to ``key``."""
+        if self._cluster is None:
+            return
+        cluster = self._cluster
+        node = cluster.get_node_from_key(key)
+        if node is None:
+            return
+        acked = await self.breaker.call(
+            lambda: cluster.execute_command("WAIT", 1, 500, target_nodes=node),
+            timeout_s=BULK_TIMEOUT_S,
+        )
+        if not acked:
+            log.warning("config write to %s not yet on a replica", node.name)
 
     def _lease_keys(self, backend: str) -> list[str]:
         return [self.keys.lease_expiry(backend), self.keys.lease_weights(backend)]
@@ -235,15 +306,8 @@ class RedisStore:
         return Grant(bool(answer[0]), _totals(answer[1:]))
 
     async def release_lease(self, backend: str, lease: str) -> None:
-        expiry, weights = self._lease_keys(backend)
-
-        async def release() -> None:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.zrem(expiry, lease)
-                pipe.hdel(weights, lease)
-                await pipe.execute()
-
-        await self.breaker.call(release)
+        keys = self._lease_keys(backend)
+        await self.breaker.call(lambda: self._release(keys=keys, args=[lease]))
 
     async def sync_leases(
         self, held: Mapping[str, Mapping[str, LeaseWeight]], ttl_s: float
@@ -271,15 +335,10 @@ class RedisStore:
     async def push_samples(self, lines: Sequence[str], keep: int) -> None:
         if not lines:
             return
-
-        async def push() -> None:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.rpush(self.keys.samples, *lines)
-                pipe.ltrim(self.keys.samples, -keep, -1)
-                pipe.expire(self.keys.samples, SAMPLES_TTL_S)
-                await pipe.execute()
-
-        await self.breaker.call(push, timeout_s=BULK_TIMEOUT_S)
+        args: list[str | int] = [keep, SAMPLES_TTL_S, *lines]
+        await self.breaker.call(
+            lambda: self._push(keys=[self.keys.samples], args=args), timeout_s=BULK_TIMEOUT_S
+        )
 
     async def recent_samples(self) -> list[str]:
         found = await self.breaker.call(
@@ -316,6 +375,8 @@ class RedisStore:
             return
         try:
             if self._pubsub is None:
+                if self._cluster is not None:
+                    await self._cluster.initialize()  # the slot map routes the channel
                 self._pubsub = self._redis.pubsub()
                 await self._pubsub.subscribe(self.keys.config_channel)
             await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout_s)

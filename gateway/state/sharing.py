@@ -84,6 +84,21 @@ class LoadSharing:
             await self._store.release_lease(backend, lease)
             self._unreleased.discard((backend, lease))
 
+    async def close(self, timeout_s: float) -> None:
+        """At shutdown: finish the releases under way and give back whatever is still held,
+        so that other replicas need not wait for these leases to lapse."""
+        for backend, leases in self._held.items():
+            for lease in list(leases):
+                self._release_later(backend, lease)
+            leases.clear()
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=timeout_s)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._release_unreleased()
+        except (StoreUnavailable, TimeoutError):
+            log.warning("shutdown: %d lease releases left to lapse", len(self._unreleased))
+
     async def sync(self, backends: Iterable[str]) -> None:
         """Renew this replica's leases and refresh the other replicas' load per backend."""
         held = {name: dict(self._held.get(name, {})) for name in backends}
