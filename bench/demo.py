@@ -140,8 +140,44 @@ async def run(args: argparse.Namespace) -> int:
                 elapsed = time.monotonic() - start
                 await client.close()
     print(report(list(outcomes), elapsed))
-    print("\nEverything stopped.")
+    plot(list(outcomes), elapsed, args.plot)
+    print(f"\nPlot of this run: {args.plot.resolve()}")
+    print("Everything stopped.")
     return 0 if all(o.ok or o.rejected for o in outcomes) else 1
+
+
+def plot(outcomes: list[Outcome], elapsed: float, path: Path) -> None:
+    """Goodput, and each request's TTFT and TPOT against its class's targets, per class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(CLASSES)
+    fig, (ax_good, ax_ttft, ax_tpot) = plt.subplots(1, 3, figsize=(15, 4.5))
+    good = [sum(o.good for o in outcomes if o.slo_class == n) / elapsed for n in names]
+    bad = [sum(not o.good for o in outcomes if o.slo_class == n) / elapsed for n in names]
+    ax_good.bar(names, good, label="good (met both targets)", color="tab:green")
+    ax_good.bar(names, bad, bottom=good, label="refused or late", color="tab:gray")
+    ax_good.set(title="Goodput by SLO class", ylabel="requests / s")
+    ax_good.legend(fontsize=8)
+    for axis, attr, index, title in (
+        (ax_ttft, "ttft_s", 0, "TTFT against target"),
+        (ax_tpot, "tpot_s", 1, "TPOT against target"),
+    ):
+        for x, name in enumerate(names):
+            values = [getattr(o, attr) * 1000 for o in outcomes if o.slo_class == name
+                      and getattr(o, attr) is not None]  # fmt: skip
+            axis.scatter([x] * len(values), values, s=6, alpha=0.4, color="tab:blue")
+            target = CLASSES[name][index]
+            axis.hlines(target, x - 0.4, x + 0.4, color="tab:red", linewidth=2)
+        axis.set_xticks(range(len(names)), names)
+        axis.set(title=f"{title} (red: the class's target)", ylabel="ms", yscale="log")
+    fig.suptitle(f"make demo: {len(outcomes)} requests in {elapsed:.1f} s through Sluice")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> int:
@@ -150,6 +186,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--rate", type=float, default=12.0, help="arrivals per second")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--plot", type=Path, default=Path("demo.png"), help="where to write the run's plot"
+    )
     return asyncio.run(run(parser.parse_args()))
 
 

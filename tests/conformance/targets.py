@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from bench.procs import stop_process
 
 MODEL = "tiny"
 MAX_MODEL_LEN = 1024
@@ -57,18 +58,6 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], within_s: float) -
     raise RuntimeError(f"{url} not healthy within {within_s}s")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    if process.stdout is not None:
-        process.stdout.close()
-
-
 @contextmanager
 def sim_target() -> Iterator[Target]:
     # Slowed so that a handful of requests keep it busy, as the tiny model on a CPU does.
@@ -101,7 +90,7 @@ def sim_target() -> Iterator[Target]:
         _wait_healthy(url, process, 30)
         yield Target("sim", url)
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 @contextmanager
@@ -159,5 +148,5 @@ def vllm_target(workdir: Path) -> Iterator[Target]:
         _wait_healthy(url, process, 240)
         yield Target("vllm", url)
     finally:
-        _stop(process)
+        stop_process(process)
         log.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections import Counter
@@ -20,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 from hypothesis import HealthCheck, settings
+
+from bench.procs import stop_process
 
 FUZZ_MODEL = "fuzz-model"
 TOKEN = "fuzz-admin-token"
@@ -52,18 +53,6 @@ def _first_line(process: subprocess.Popen[bytes], what: str) -> str:
     return line
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.stdout is not None:
-        process.stdout.close()
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @pytest.fixture(scope="session")
 def sim_url() -> Iterator[str]:
     process = subprocess.Popen(
@@ -85,7 +74,7 @@ def sim_url() -> Iterator[str]:
     try:
         yield str(json.loads(_first_line(process, "the simulator"))["servers"][0])
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 def start_gateway(sim_url: str, workdir: Path, **env: str) -> Target:
@@ -136,7 +125,7 @@ def gateway(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def stop(target: Target) -> None:
-    _stop(target.process)
+    stop_process(target.process, timeout_s=20)
     assert target.process.returncode == 0, "the gateway did not exit cleanly"
 
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
+import socket
+import struct
 import time
+import traceback
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -467,3 +471,48 @@ async def test_a_frozen_redis_does_not_slow_requests(
     finally:
         redis.terminate()
         redis.wait(timeout=10)
+
+
+# --- clients that go away --------------------------------------------------------------
+
+
+async def test_clients_gone_before_their_answer_are_ordinary_events(
+    make_sim: SimFactory,
+    make_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sim = await make_sim(FAST.scaled(20))  # slow enough that every client leaves first
+    gateway = await make_gateway([sim])
+    body = json.dumps({**COMPLETION, "max_tokens": 50, "stream": True}).encode()
+    request = (
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    with caplog.at_level("INFO"):
+        for i in range(20):
+            _, writer = await _connect(gateway)
+            writer.write(request)
+            await writer.drain()
+            await asyncio.sleep(0.01 * (i % 5))  # some leave while queued, some mid-dispatch
+            sock = writer.get_extra_info("socket")
+            # Half of them reset the connection (RST) rather than closing it (FIN).
+            if i % 2:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.close()
+        await asyncio.sleep(0.5)
+
+        async def idle() -> bool:
+            async with http.get(gateway.url + "/metrics") as response:
+                text = await response.text()
+            return 'sluice_backend_in_flight{backend="b0"} 0.0' in text
+
+        await eventually(idle, within_s=20, what="every abandoned request's slot given back")
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and not _simulator(r)]
+    assert errors == [], [r.getMessage() for r in errors]
+
+
+def _simulator(record: logging.LogRecord) -> bool:
+    """A record of the simulated backend, which runs in this process too."""
+    text = "".join(traceback.format_exception(*record.exc_info)) if record.exc_info else ""
+    return "bench/sim/" in text
