@@ -33,7 +33,7 @@ import redis
 from bench.procs import free_port, gateway, sim_fleet, start_redis
 from bench.publish import REPORTS, publish
 from gateway.state.keys import Keys
-from gateway.state.redis_store import ADMIT_LEASE, RELEASE_LEASE, SYNC_LEASES
+from gateway.state.scripts import ADMIT_LEASE, RELEASE_LEASE, SYNC_LEASES
 
 MODEL = "shard-model"
 WEIGHT = "1000 1200 50000"  # kv tokens, context, TPOT target µs: what a lease weighs

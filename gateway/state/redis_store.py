@@ -22,160 +22,17 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from gateway.state.breaker import Breaker
 from gateway.state.keys import SAMPLES_TTL_S, Keys
 from gateway.state.load import AdmissionRule, Grant, LeaseWeight, LoadTotals
+from gateway.state.scripts import (
+    ADMIT_LEASE,
+    LOAD_TOTALS,
+    PUSH_SAMPLES,
+    PUT_CONFIG,
+    RELEASE_LEASE,
+    SYNC_LEASES,
+)
 from gateway.state.store import ModelBlob, StaleVersion, StoreUnavailable, Versioned
 
 log = logging.getLogger(__name__)
-
-# Compare-and-set of the config.
-# KEYS[1]: config hash (fields version, payload). KEYS[2]: change channel.
-# ARGV[1]: expected version, or "" for an unconditional write. ARGV[2]: payload.
-# Returns {1, new_version} on success, {0, current_version} when ARGV[1] is stale.
-PUT_CONFIG = """
-local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
-if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= current then
-  return {0, current}
-end
-local new = current + 1
-redis.call('HSET', KEYS[1], 'version', new, 'payload', ARGV[2])
-redis.call('PUBLISH', KEYS[2], new)
-return {1, new}
-"""
-
-# Shared Lua helpers: the clock, dropping lapsed leases, and totalling a backend's leases.
-# A backend's leases live in two keys: a sorted set of lease ids scored by expiry (ms, Redis
-# server time) and a hash of lease id -> "kv_tokens context tpot_us" (tpot_us -1: none).
-_LEASE_LIB = """
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function drop_lapsed(expiry, weights, now)
-  local lapsed = redis.call('ZRANGEBYSCORE', expiry, '-inf', now)
-  for _, id in ipairs(lapsed) do redis.call('HDEL', weights, id) end
-  redis.call('ZREMRANGEBYSCORE', expiry, '-inf', now)
-end
-local function totals(weights, skip)
-  local count, kv, ctx, tight = 0, 0, 0, -1
-  local found = false
-  local fields = redis.call('HGETALL', weights)
-  for i = 1, #fields, 2 do
-    if fields[i] == skip then
-      found = true
-    else
-      local k, c, p = string.match(fields[i + 1], '(%S+) (%S+) (%S+)')
-      count = count + 1
-      kv = kv + tonumber(k)
-      ctx = ctx + tonumber(c)
-      p = tonumber(p)
-      if p >= 0 and (tight < 0 or p < tight) then tight = p end
-    end
-  end
-  return count, kv, ctx, tight, found
-end
-local function hold(expiry, weights, id, weight, now, ttl)
-  redis.call('ZADD', expiry, now + ttl, id)
-  redis.call('HSET', weights, id, weight)
-  redis.call('PEXPIRE', expiry, ttl * 2)
-  redis.call('PEXPIRE', weights, ttl * 2)
-end
-"""
-
-# Admit one lease if the backend, with every replica's leases and this one, passes the VBS
-# rule of gateway/state/load.py (``admits``, which this mirrors).
-# KEYS[1], KEYS[2]: the backend's lease expiry set and weight hash.
-# ARGV: 1 lease id, 2 ttl ms, 3 weight ("kv ctx tpot_us"), 4 max in flight,
-#   5 KV capacity (-1: unknown), 6 epsilon, 7 margin, 8..11 ITL a b c d in s ('' if no VBS).
-# Returns {admitted, count, kv, ctx, tightest tpot_us (-1: none)} after the decision.
-ADMIT_LEASE = (
-    _LEASE_LIB
-    + """
-local now, ttl = now_ms(), tonumber(ARGV[2])
-drop_lapsed(KEYS[1], KEYS[2], now)
-local count, kv, ctx, tight, renewing = totals(KEYS[2], ARGV[1])
-local k, c, p = string.match(ARGV[3], '(%S+) (%S+) (%S+)')
-k, c, p = tonumber(k), tonumber(c), tonumber(p)
-local held_tight = tight
-if p >= 0 and (tight < 0 or p < tight) then tight = p end
-local ok = renewing or count + 1 <= tonumber(ARGV[4])
-local capacity = tonumber(ARGV[5])
-if ok and not renewing and capacity >= 0 and kv + k > capacity then ok = false end
-if ok and not renewing and ARGV[8] ~= '' and tight >= 0 then
-  local n = count + 1
-  local mean = (ctx + c) / n
-  local itl = tonumber(ARGV[8]) * n * mean + tonumber(ARGV[9]) * n
-    + tonumber(ARGV[10]) * mean + tonumber(ARGV[11])
-  if itl < 1e-4 then itl = 1e-4 end
-  if tonumber(ARGV[6]) * itl > tonumber(ARGV[7]) * tight / 1e6 then ok = false end
-end
-if not ok then return {0, count, kv, ctx, held_tight} end
-hold(KEYS[1], KEYS[2], ARGV[1], ARGV[3], now, ttl)
-return {1, count + 1, kv + k, ctx + c, tight}
-"""
-)
-
-# Renew a replica's leases and total every named backend.
-# KEYS[1]: the store's epoch key; then per backend its lease expiry set and weight hash.
-# ARGV[1]: ttl ms. ARGV[2]: the epoch the replica last saw. ARGV[3]: a fresh epoch, used if
-#   the key is missing (the store lost its state). ARGV[3 + i]: the replica's leases on
-#   backend i, JSON [[id, "weight"], ...].
-# A lease is renewed if present; all are registered again when the epoch is not the one the
-# replica saw. Returns {epoch, then per backend count, kv, ctx, tightest tpot_us}.
-SYNC_LEASES = (
-    _LEASE_LIB
-    + """
-local now, ttl = now_ms(), tonumber(ARGV[1])
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then
-  epoch = ARGV[3]
-  redis.call('SET', KEYS[1], epoch)
-end
-local register = epoch ~= ARGV[2]
-local out = {epoch}
-for i = 1, (#KEYS - 1) / 2 do
-  local expiry, weights = KEYS[2 * i], KEYS[2 * i + 1]
-  drop_lapsed(expiry, weights, now)
-  for _, lease in ipairs(cjson.decode(ARGV[3 + i])) do
-    if register or redis.call('ZSCORE', expiry, lease[1]) then
-      hold(expiry, weights, lease[1], lease[2], now, ttl)
-    end
-  end
-  local count, kv, ctx, tight = totals(weights, '')
-  table.insert(out, count)
-  table.insert(out, kv)
-  table.insert(out, ctx)
-  table.insert(out, tight)
-end
-return out
-"""
-)
-
-# Totals of one backend's live leases. KEYS[1], KEYS[2]: its expiry set and weight hash.
-LOAD_TOTALS = (
-    _LEASE_LIB
-    + """
-drop_lapsed(KEYS[1], KEYS[2], now_ms())
-local count, kv, ctx, tight = totals(KEYS[2], '')
-return {count, kv, ctx, tight}
-"""
-)
-
-
-# Release one lease. KEYS[1], KEYS[2]: the backend's lease expiry set and weight hash.
-# ARGV[1]: the lease id. Returns 1 if the lease was held, else 0.
-RELEASE_LEASE = """
-redis.call('HDEL', KEYS[2], ARGV[1])
-return redis.call('ZREM', KEYS[1], ARGV[1])
-"""
-
-# Append predictor samples, keep the newest, refresh the TTL.
-# KEYS[1]: the samples list. ARGV[1]: how many to keep. ARGV[2]: TTL s. ARGV[3..]: lines.
-# Returns the list's length.
-PUSH_SAMPLES = """
-for i = 3, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
-redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
-return redis.call('LLEN', KEYS[1])
-"""
 
 
 def _weight(weight: LeaseWeight) -> str:
