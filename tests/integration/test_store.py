@@ -173,7 +173,7 @@ async def test_leases_are_registered_again_after_redis_loses_them(redis_url: str
     held = {"b0": {"mine": LIGHT}}
     assert (await store.sync_leases(held, 30.0))["b0"].count == 1
     raw = redis.Redis.from_url(redis_url)
-    await raw.delete(*(await raw.keys(store.keys.prefix + ":*")))  # as a restart would
+    await raw.delete(*(await raw.keys(store.keys.tag + ":*")))  # as a restart would
     await raw.aclose()
     assert (await store.load_totals("b0")).count == 0
     assert (await store.sync_leases(held, 30.0))["b0"].count == 1
