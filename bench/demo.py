@@ -160,7 +160,8 @@ def plot(outcomes: list[Outcome], elapsed: float, path: Path) -> None:
     ax_good.bar(names, good, label="good (met both targets)", color="tab:green")
     ax_good.bar(names, bad, bottom=good, label="refused or late", color="tab:gray")
     ax_good.set(title="Goodput by SLO class", ylabel="requests / s")
-    ax_good.legend(fontsize=8)
+    ax_good.set_ylim(0, 1.3 * max([g + b for g, b in zip(good, bad, strict=True)] or [1.0]))
+    ax_good.legend(fontsize=8, loc="upper right")
     for axis, attr, index, title in (
         (ax_ttft, "ttft_s", 0, "TTFT against target"),
         (ax_tpot, "tpot_s", 1, "TPOT against target"),
