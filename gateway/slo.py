@@ -54,27 +54,30 @@ def _parse_ms(headers: Mapping[str, str], name: str, upper: float) -> float | No
 
 
 def resolve_slo(headers: Mapping[str, str], model: str, config: GatewayConfig) -> SloTarget:
-    """The request's objective: its class (or the model's default), then explicit overrides."""
+    """The request's objective: its class (or the model's default), then explicit overrides.
+
+    With both targets explicit, a class name the config does not know is only a label (load
+    generators name their classes): it is accepted and counted as ``custom``, so that metric
+    labels stay bounded. Targets that equal the class's own count under the class."""
+    ttft = _parse_ms(headers, TTFT_HEADER, _MAX_TTFT_MS)
+    tpot = _parse_ms(headers, TPOT_HEADER, _MAX_TPOT_MS)
     class_name = headers.get(CLASS_HEADER)
     if class_name is not None:
         class_name = class_name.strip()
         if class_name not in config.slo_classes:
-            known = ", ".join(sorted(config.slo_classes))
-            raise InvalidRequest(
-                f"unknown SLO class {class_name!r} in header {CLASS_HEADER}; known: {known}",
-                param=CLASS_HEADER,
-            )
-    else:
-        class_name = config.class_for_model(model)
-    base = config.slo_classes[class_name]
-    ttft = _parse_ms(headers, TTFT_HEADER, _MAX_TTFT_MS)
-    tpot = _parse_ms(headers, TPOT_HEADER, _MAX_TPOT_MS)
+            if ttft is None or tpot is None:
+                known = ", ".join(sorted(config.slo_classes))
+                raise InvalidRequest(
+                    f"unknown SLO class {class_name!r} in header {CLASS_HEADER}; known: "
+                    f"{known} (or send both {TTFT_HEADER} and {TPOT_HEADER})",
+                    param=CLASS_HEADER,
+                )
+            class_name = None  # a label only: the model's default class decides the rest
+    base_name = class_name if class_name is not None else config.class_for_model(model)
+    base = config.slo_classes[base_name]
     rejectable = base.on_unattainable == "reject"
-    if ttft is None and tpot is None:
-        return SloTarget(class_name, base.ttft_ms, base.tpot_ms, rejectable)
-    return SloTarget(
-        CUSTOM_CLASS,
-        base.ttft_ms if ttft is None else ttft,
-        base.tpot_ms if tpot is None else tpot,
-        rejectable,
-    )
+    ttft_ms = base.ttft_ms if ttft is None else ttft
+    tpot_ms = base.tpot_ms if tpot is None else tpot
+    same = (ttft_ms, tpot_ms) == (base.ttft_ms, base.tpot_ms)
+    label = base_name if same and (class_name is not None or ttft is tpot is None) else CUSTOM_CLASS
+    return SloTarget(label, ttft_ms, tpot_ms, rejectable)

@@ -214,3 +214,26 @@ async def test_predicted_length_is_reported(
             assert response.status == 200
             sizes[name] = int(response.headers["x-sluice-predicted-tokens"])
     assert sizes["essay"] > sizes["ack"] >= 1
+
+
+async def test_slo_headers_as_load_generators_send_them(
+    make_sim: SimFactory, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """Both targets explicit and a class name the config does not know: served, counted as
+    custom; explicit targets equal to a known class's: counted under that class."""
+    gateway = await make_gateway([await make_sim()])
+    body = {"model": MODEL, "prompt": "p", "max_tokens": 2}
+    for headers in (
+        {"x-slo-class": "s1", "x-slo-ttft-ms": "800", "x-slo-tpot-ms": "60"},
+        {"x-slo-class": "interactive", "x-slo-ttft-ms": "500", "x-slo-tpot-ms": "50"},
+    ):
+        async with http.post(
+            gateway.url + "/v1/completions", json=body, headers=headers
+        ) as response:
+            assert response.status == 200, await response.text()
+    async with http.get(gateway.url + "/metrics") as response:
+        text = await response.text()
+    served = [line for line in text.splitlines() if line.startswith("sluice_requests_total{")]
+    assert any('slo_class="custom"' in line and line.endswith(" 1.0") for line in served)
+    assert any('slo_class="interactive"' in line and line.endswith(" 1.0") for line in served)
+    assert not any('slo_class="s1"' in line for line in served)

@@ -32,6 +32,22 @@ CONFIG = GatewayConfig.model_validate(
             "other",
             SloTarget("custom", 900, 40),
         ),
+        # A class the config does not know, with both targets explicit: a label, counted
+        # as custom (bounded metric labels); the model's default class decides the rest.
+        (
+            {"x-slo-class": "s1", "x-slo-ttft-ms": "900", "x-slo-tpot-ms": "40"},
+            "chatty",
+            SloTarget("custom", 900, 40),
+        ),
+        # Explicit targets equal to the named class's own: counted under the class.
+        (
+            {"x-slo-class": "interactive", "x-slo-ttft-ms": "500", "x-slo-tpot-ms": "30"},
+            "other",
+            SloTarget("interactive", 500, 30),
+        ),
+        ({"x-slo-class": "batch", "x-slo-ttft-ms": "7500"}, "chatty", SloTarget("batch", 7500, 50)),
+        # Without a class header, targets equal to the model's default are still explicit.
+        ({"x-slo-ttft-ms": "500", "x-slo-tpot-ms": "30"}, "chatty", SloTarget("custom", 500, 30)),
     ],
 )
 def test_resolution(headers: dict[str, str], model: str, expected: SloTarget) -> None:
@@ -57,6 +73,12 @@ def test_bad_values_name_the_header(header: str, value: str) -> None:
         resolve_slo({header: value}, "other", CONFIG)
     assert raised.value.param == header
     assert raised.value.status == 400
+
+
+def test_an_unknown_class_with_one_target_is_still_refused() -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        resolve_slo({"x-slo-class": "gold", "x-slo-ttft-ms": "500"}, "other", CONFIG)
+    assert raised.value.param == "x-slo-class"
 
 
 def test_seconds() -> None:
