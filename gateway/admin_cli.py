@@ -90,6 +90,19 @@ def add_commands(commands: Any) -> None:
     delete_pool = pools.add_parser("delete", help="drop a pool's settings")
     delete_pool.add_argument("name")
 
+    keys = groups.add_parser("keys", help="client API keys").add_subparsers(
+        dest="action", required=True
+    )
+    keys.add_parser("list", help="every key's id, tenant and state (never the secret)")
+    create = keys.add_parser("create", help="create a key; its secret is printed this once")
+    create.add_argument("tenant")
+    create.add_argument("--name", default="", help="a note for people")
+    rotate = keys.add_parser("rotate", help="replace a key; the old one works --grace-s longer")
+    rotate.add_argument("id")
+    rotate.add_argument("--grace-s", type=float, default=0.0)
+    revoke = keys.add_parser("revoke", help="revoke a key on every replica")
+    revoke.add_argument("id")
+
     groups.add_parser("stats", help="queues, backends, latency models")
     predictor = groups.add_parser("predictor", help="the length model").add_subparsers(
         dest="action", required=True
@@ -161,6 +174,14 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Any, dict[str, str]]:
         if args.webhook:
             body["webhook_url"] = args.webhook
         return "PUT", path, body, {}
+    if group == "keys":
+        if action == "list":
+            return "GET", "/admin/keys", None, {}
+        if action == "create":
+            return "POST", "/admin/keys", {"tenant": args.tenant, "name": args.name}, {}
+        if action == "rotate":
+            return "POST", f"/admin/keys/{args.id}/rotate", {"grace_s": args.grace_s}, {}
+        return "DELETE", f"/admin/keys/{args.id}", None, {}
     if group == "predictor":
         if action == "info":
             return "GET", "/admin/predictor", None, {}

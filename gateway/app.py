@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.api import admin, openai, ops
+from gateway.api.client_auth import client_auth
 from gateway.api.openai import RUNTIME
 from gateway.config import GatewayConfig
 from gateway.connections import ConnectionGuard, ConnectionLimits, GuardedSite
@@ -24,7 +25,7 @@ def build_app(settings: Settings, config: GatewayConfig) -> web.Application:
         )
     )
     app = web.Application(
-        middlewares=[guard.middleware(), openai_errors, admin.admin_auth],
+        middlewares=[guard.middleware(), openai_errors, admin.admin_auth, client_auth],
         client_max_size=settings.max_body_bytes,
     )
     runtime = Runtime(settings, config)

@@ -61,6 +61,20 @@ class AdminDisabled(SluiceError):
     code = "admin_disabled"
 
 
+class KeysRequired(SluiceError):
+    """The gateway listens beyond loopback, and no client key exists to check callers with."""
+
+    status = 403
+    error_type = "permission_error"
+    code = "client_keys_required"
+
+
+class KeyNotFound(SluiceError):
+    status = 404
+    error_type = "invalid_request_error"
+    code = "key_not_found"
+
+
 class ModelNotFound(SluiceError):
     status = 404
     error_type = "invalid_request_error"

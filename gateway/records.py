@@ -33,6 +33,7 @@ class RequestRecord:
     status: int = 0
     estimate: Estimate | None = field(default=None, repr=False)
     reject_reason: str | None = None
+    tenant: str | None = None  # the client key's tenant, when keys are in use
 
     @property
     def tokens(self) -> int:

@@ -15,8 +15,10 @@ from aiohttp import web
 from adapters.base import Timeouts
 from gateway.config import BackendConfig, GatewayConfig, SchedulerConfig
 from gateway.fleet import Backend, Fleet, background, make_adapter
+from gateway.keys import KeyRecord, KeyTable
 from gateway.learning import SharedLearning
 from gateway.metrics import GatewayMetrics
+from gateway.net import loopback
 from gateway.outliers import OutlierRules
 from gateway.proxy import Proxy
 from gateway.records import RecordLog
@@ -80,6 +82,7 @@ class Runtime:
         self._services: Services | None = None
         self.retraining = asyncio.Lock()
         self.draining = False  # shutting down: /ready fails, in-flight requests finish
+        self.keys = KeyTable()  # client keys, mirrored from the store
 
     @property
     def services(self) -> Services:
@@ -103,6 +106,8 @@ class Runtime:
         self.config = with_layout(self.config)
         self.config, version = await self._shared_config(store)
         self.config = with_layout(self.config)
+        await self.refresh_keys(store)
+        self._announce_access()
         connector = aiohttp.TCPConnector(limit=s.upstream_pool_size, limit_per_host=0)
         session = aiohttp.ClientSession(connector=connector)
         backends = [self._build_backend(session, cfg) for cfg in self.config.backends]
@@ -231,6 +236,28 @@ class Runtime:
             log.warning("shared state unreachable, serving the file's config: %s", exc)
         return self.config, 0
 
+    async def refresh_keys(self, store: Store) -> None:
+        """Mirror the store's client keys; with the store away, keep the last copy."""
+        try:
+            found = await store.get_keys()
+        except StoreUnavailable:
+            return
+        records = {}
+        for key_id, text in found.items():
+            try:
+                records[key_id] = KeyRecord.from_json(text)
+            except (ValueError, KeyError, TypeError):
+                log.error("client key record %s in the store is invalid; ignored", key_id)
+        self.keys.replace_all(records)
+
+    def _announce_access(self) -> None:
+        s = self.settings
+        if s.open_access and not loopback(s.host):
+            log.warning(
+                "SLUICE_OPEN_ACCESS: /v1 is served on %s to anyone while no client key exists",
+                s.host,
+            )
+
     def swap_lengths(self, loaded: artifact.Artifact) -> None:
         self.services.lengths = loaded.model
         self.services.lengths_version = loaded.version
@@ -256,6 +283,7 @@ class Runtime:
             store = services.store
             assert store is not None
             await store.wait_for_change(self.settings.config_poll_s)
+            await self.refresh_keys(store)
             try:
                 current = await store.get_config()
                 if current is None:

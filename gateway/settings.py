@@ -100,6 +100,10 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="How often each pool's scale recommendation is refreshed."
     )
     config_poll_s: float = Field(default=0.5, gt=0, description="Longest a config change waits.")
+    open_access: bool = Field(
+        default=False,
+        description="Serve /v1 beyond loopback while no client key exists (logged at start).",
+    )
     admin_token: str | None = Field(
         default=None,
         description="Bearer token for /admin. Without one, /admin answers only on loopback.",

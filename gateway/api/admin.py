@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.api import admin_config, admin_pools, admin_predictor, openapi
+from gateway.api import admin_config, admin_keys, admin_pools, admin_predictor, openapi
 from gateway.api.openai import RUNTIME
 from gateway.api.stats import stats
 from gateway.errors import AdminDisabled, Unauthorized
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+from gateway.net import loopback
 
 
 @web.middleware
@@ -31,7 +22,7 @@ async def admin_auth(request: web.Request, handler: Handler) -> web.StreamRespon
     settings = request.app[RUNTIME].settings
     token = settings.admin_token
     if token is None:
-        if not _loopback(settings.host):
+        if not loopback(settings.host):
             raise AdminDisabled(
                 "the admin API is off: the gateway listens beyond loopback and has no "
                 "SLUICE_ADMIN_TOKEN"
@@ -47,6 +38,7 @@ async def admin_auth(request: web.Request, handler: Handler) -> web.StreamRespon
 ROUTES: list[tuple[str, str, Any]] = [
     *admin_config.ROUTES,
     *admin_pools.ROUTES,
+    *admin_keys.ROUTES,
     ("GET", "/admin/stats", stats),
     *admin_predictor.ROUTES,
 ]

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 RUNTIME = web.AppKey("runtime", Runtime)
 _OWN_PATHS = {"/v1/chat/completions": "POST", "/v1/completions": "POST", "/v1/models": "GET"}
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+TENANT_KEY = web.RequestKey("tenant", str)  # set by gateway.api.client_auth once a key is checked
 
 
 def check_context(fleet: Fleet, model: str, expected: Estimate, max_tokens: int | None) -> None:
@@ -112,6 +113,7 @@ def _generation(endpoint: str, *, chat: bool) -> Any:
             stream=generation.stream,
             arrival=arrival,
             estimate=expected,
+            tenant=request.get(TENANT_KEY),
         )
         call = GenerationCall(endpoint=endpoint, body=body, wants_usage=generation.wants_usage)
         return await services.proxy.generate(request, call, record)

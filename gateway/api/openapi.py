@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from gateway.api.admin_config import BackendPatch
+from gateway.api.admin_keys import NewKey, Rotation
 from gateway.config import BackendConfig, GatewayConfig, PoolConfig, SloClass
 
 _REF = "#/components/schemas/{model}"
@@ -126,6 +127,22 @@ _OPERATIONS: dict[tuple[str, str], tuple[str, dict[str, Any] | None, dict[int, s
         None,
         {200: "The comparison, and the version now serving", 409: "A retrain is running"},
     ),
+    ("get", "/admin/keys"): ("Client keys (never their secrets)", None, {200: "Keys"}),
+    ("post", "/admin/keys"): (
+        "Create a client key for a tenant; the answer is the only place its secret appears",
+        _schema(NewKey),
+        {201: "Created: `key` is the secret", 400: "Invalid body", 503: "Shared state away"},
+    ),
+    ("post", "/admin/keys/{id}/rotate"): (
+        "Replace a key with a new one for the same tenant; the old one works grace_s longer",
+        _schema(Rotation),
+        {201: "The new key", 400: "Invalid body", 404: "No such key", 503: "Shared state away"},
+    ),
+    ("delete", "/admin/keys/{id}"): (
+        "Revoke a key: every replica refuses it within the config-poll interval",
+        None,
+        {200: "Revoked", 404: "No such key", 503: "Shared state away"},
+    ),
     ("get", "/admin/openapi.json"): ("This document", None, {200: "OpenAPI 3.1"}),
 }
 
@@ -147,10 +164,11 @@ def _operation(
         ),
         "responses": {},
     }
-    if "{name}" in path:
-        operation["parameters"] = [
-            {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-        ]
+    for parameter in ("name", "id"):
+        if f"{{{parameter}}}" in path:
+            operation["parameters"] = [
+                {"name": parameter, "in": "path", "required": True, "schema": {"type": "string"}}
+            ]
     if method == "put" and path == "/admin/config":
         operation.setdefault("parameters", []).append(
             {"name": "If-Match", "in": "header", "required": True, "schema": {"type": "string"}}
@@ -178,7 +196,15 @@ def document() -> dict[str, Any]:
     _, defs = models_json_schema(
         [
             (m, "validation")
-            for m in (GatewayConfig, BackendConfig, BackendPatch, SloClass, PoolConfig)
+            for m in (
+                GatewayConfig,
+                BackendConfig,
+                BackendPatch,
+                SloClass,
+                PoolConfig,
+                NewKey,
+                Rotation,
+            )
         ],
         ref_template=_REF,
     )

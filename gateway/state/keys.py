@@ -44,6 +44,12 @@ class Keys:
         return f"{self.tag}:predictor:model"
 
     @property
+    def client_keys(self) -> str:
+        """Hash of client key id -> its record (JSON: tenant, SHA-256 digest, revocation),
+        never the secret. Persistent."""
+        return f"{self.tag}:keys"
+
+    @property
     def epoch(self) -> str:
         """String: a random id set when the store is first used; its loss tells replicas that
         the store restarted empty, so they register their leases again. Persistent."""

@@ -19,6 +19,7 @@ class MemoryStore:
         self._leases: dict[str, dict[str, tuple[float, LeaseWeight]]] = {}
         self._samples: list[str] = []
         self._model: ModelBlob | None = None
+        self._keys: dict[str, str] = {}
 
     async def get_config(self) -> Versioned | None:
         return self._config
@@ -85,6 +86,13 @@ class MemoryStore:
 
     async def get_model(self) -> ModelBlob | None:
         return self._model
+
+    async def get_keys(self) -> dict[str, str]:
+        return dict(self._keys)
+
+    async def put_key(self, key_id: str, record: str) -> None:
+        self._keys[key_id] = record
+        self._changed.set()
 
     async def wait_for_change(self, timeout_s: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -27,6 +27,7 @@ from gateway.state.scripts import (
     LOAD_TOTALS,
     PUSH_SAMPLES,
     PUT_CONFIG,
+    PUT_KEY,
     RELEASE_LEASE,
     SYNC_LEASES,
 )
@@ -112,6 +113,7 @@ class RedisStore:
         self._load = self._redis.register_script(LOAD_TOTALS)
         self._release = self._redis.register_script(RELEASE_LEASE)
         self._push = self._redis.register_script(PUSH_SAMPLES)
+        self._put_key = self._redis.register_script(PUT_KEY)
         self._epoch = ""  # the store epoch last seen; "" until the first sync
         self._pubsub: PubSub | None = None
 
@@ -145,7 +147,7 @@ class RedisStore:
             timeout_s=BULK_TIMEOUT_S,
         )
         if not acked:
-            log.warning("config write to %s not yet on a replica", node.name)
+            log.warning("write to %s not yet on a replica", node.name)
 
     def _lease_keys(self, backend: str) -> list[str]:
         return [self.keys.lease_expiry(backend), self.keys.lease_weights(backend)]
@@ -225,6 +227,15 @@ class RedisStore:
             return None
         weights = base64.b64decode(found["weights"])
         return ModelBlob(str(found["version"]), str(found["manifest"]), weights)
+
+    async def get_keys(self) -> dict[str, str]:
+        found = await self.breaker.call(lambda: self._redis.hgetall(self.keys.client_keys))
+        return {str(k): str(v) for k, v in found.items()}
+
+    async def put_key(self, key_id: str, record: str) -> None:
+        keys = [self.keys.client_keys, self.keys.config_channel]
+        await self.breaker.call(lambda: self._put_key(keys=keys, args=[key_id, record]))
+        await self._replicated(self.keys.client_keys)
 
     async def wait_for_change(self, timeout_s: float) -> None:
         if self.breaker.open:

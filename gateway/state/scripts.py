@@ -156,3 +156,13 @@ redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 return redis.call('LLEN', KEYS[1])
 """
+
+# Write one client key record and announce it on the config channel, so that replicas
+# refresh their key tables at once (they also poll).
+# KEYS[1]: the client keys hash. KEYS[2]: the change channel. ARGV[1]: key id.
+# ARGV[2]: the record (JSON). Returns 1.
+PUT_KEY = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PUBLISH', KEYS[2], 'keys')
+return 1
+"""

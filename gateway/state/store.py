@@ -85,6 +85,14 @@ class Store(Protocol):
 
     async def get_model(self) -> ModelBlob | None: ...
 
+    async def get_keys(self) -> dict[str, str]:
+        """Every client key record (id -> JSON; digests, never secrets)."""
+        ...
+
+    async def put_key(self, key_id: str, record: str) -> None:
+        """Write one key record and announce it like a config change."""
+        ...
+
     async def wait_for_change(self, timeout_s: float) -> None:
         """Return when a config change is announced, or after ``timeout_s`` at the latest
         (announcements can be lost, so callers also compare versions)."""
