@@ -147,6 +147,24 @@ class BackendConfig(_Frozen):
         return self.models[0] if self.models else "default"
 
 
+class TenantConfig(_Frozen):
+    """What one tenant's requests may ask for (its client keys name it).
+
+    ``models``: the models it may use (unset: any). ``classes``: the SLO classes it may name
+    (unset: any). ``min_ttft_ms``/``min_tpot_ms``: the tightest targets it may ask for.
+    ``default_class``: its requests' class when they name none. ``on_excess``: a request that
+    asks for more is refused (403 ``slo_not_permitted``) or clamped to the entitlement.
+    ``weight``: its share of the fleet under overload, against other tenants'."""
+
+    models: tuple[str, ...] | None = None
+    classes: tuple[Name, ...] | None = None
+    min_ttft_ms: float | None = Field(default=None, gt=0)
+    min_tpot_ms: float | None = Field(default=None, gt=0)
+    default_class: Name | None = None
+    on_excess: Literal["refuse", "clamp"] = "refuse"
+    weight: float = Field(default=1.0, gt=0)
+
+
 class GatewayConfig(_Frozen):
     slo_classes: dict[Name, SloClass] = Field(
         default_factory=lambda: {"default": SloClass(ttft_ms=2000, tpot_ms=100)}
@@ -161,6 +179,10 @@ class GatewayConfig(_Frozen):
     )
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     latency_prior: LatencyPrior = Field(default_factory=LatencyPrior)
+    tenants: dict[Name, TenantConfig] = Field(
+        default_factory=dict,
+        description="Entitlements per tenant; a tenant without an entry is not restricted.",
+    )
 
     @model_validator(mode="after")
     def _check_references(self) -> Self:
@@ -171,6 +193,14 @@ class GatewayConfig(_Frozen):
                 raise ValueError(
                     f"model {model.name!r} names unknown default_class {model.default_class!r}"
                 )
+        for name, tenant in self.tenants.items():
+            named = [*(tenant.classes or ()), tenant.default_class]
+            unknown = sorted({c for c in named if c is not None and c not in self.slo_classes})
+            if unknown:
+                raise ValueError(f"tenant {name!r} names unknown SLO classes {unknown}")
+            allowed = tenant.classes
+            if allowed is not None and tenant.default_class not in (None, *allowed):
+                raise ValueError(f"tenant {name!r}: default_class is not among its classes")
         names = [b.name for b in self.backends]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

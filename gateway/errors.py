@@ -69,6 +69,20 @@ class KeysRequired(SluiceError):
     code = "client_keys_required"
 
 
+class ModelNotPermitted(SluiceError):
+    status = 403
+    error_type = "permission_error"
+    code = "model_not_permitted"
+
+
+class SloNotPermitted(SluiceError):
+    """The request asks for a tighter objective, or a class, than its tenant may."""
+
+    status = 403
+    error_type = "permission_error"
+    code = "slo_not_permitted"
+
+
 class KeyNotFound(SluiceError):
     status = 404
     error_type = "invalid_request_error"

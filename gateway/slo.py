@@ -53,7 +53,12 @@ def _parse_ms(headers: Mapping[str, str], name: str, upper: float) -> float | No
     return value
 
 
-def resolve_slo(headers: Mapping[str, str], model: str, config: GatewayConfig) -> SloTarget:
+def resolve_slo(
+    headers: Mapping[str, str],
+    model: str,
+    config: GatewayConfig,
+    default_class: str | None = None,
+) -> SloTarget:
     """The request's objective: its class (or the model's default), then explicit overrides.
 
     With both targets explicit, a class name the config does not know is only a label (load
@@ -73,7 +78,8 @@ def resolve_slo(headers: Mapping[str, str], model: str, config: GatewayConfig) -
                     param=CLASS_HEADER,
                 )
             class_name = None  # a label only: the model's default class decides the rest
-    base_name = class_name if class_name is not None else config.class_for_model(model)
+    fallback = default_class or config.class_for_model(model)
+    base_name = class_name if class_name is not None else fallback
     base = config.slo_classes[base_name]
     rejectable = base.on_unattainable == "reject"
     ttft_ms = base.ttft_ms if ttft is None else ttft

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from adapters.base import BackendTimeout, BackendUnreachable, StreamBroken
 from gateway.api.bodies import parse_json_object, read_json_object, validate_generation
+from gateway.entitlements import check_model, tenant_slo
 from gateway.errors import (
     ContextLengthExceeded,
     MethodNotAllowed,
@@ -100,9 +101,18 @@ def _generation(endpoint: str, *, chat: bool) -> Any:
         generation = validate_generation(body, chat=chat)
         model = generation.model
         services = runtime.services
+        config = runtime.config
+        tenant = request.get(TENANT_KEY)
+        entitlement = config.tenants.get(tenant) if tenant is not None else None
+        if tenant is not None and entitlement is not None:
+            # Before the model's existence: a tenant learns nothing of models it may not use.
+            check_model(tenant, entitlement, model)
         if model not in services.fleet.known_models():
             raise ModelNotFound(f"the model {model!r} does not exist", param="model")
-        slo = resolve_slo(request.headers, model, runtime.config)
+        if tenant is not None and entitlement is not None:
+            slo = tenant_slo(request.headers, model, config, tenant, entitlement)
+        else:
+            slo = resolve_slo(request.headers, model, config)
         expected = estimate(body, services.lengths, runtime.config.scheduler.output_quantile)
         check_context(services.fleet, model, expected, generation.max_tokens)
         record = RequestRecord(
@@ -113,7 +123,7 @@ def _generation(endpoint: str, *, chat: bool) -> Any:
             stream=generation.stream,
             arrival=arrival,
             estimate=expected,
-            tenant=request.get(TENANT_KEY),
+            tenant=tenant,
         )
         call = GenerationCall(endpoint=endpoint, body=body, wants_usage=generation.wants_usage)
         return await services.proxy.generate(request, call, record)

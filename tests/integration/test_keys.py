@@ -147,3 +147,35 @@ async def test_keys_from_the_cli(
     code, _, _ = await _admin(gateway, "keys", "revoke", rotated["id"])
     assert code == 0
     assert (await _complete(http, gateway, rotated["key"]))[0] == 401
+
+
+async def test_entitlements_are_enforced_for_a_keys_tenant(
+    make_sim: SimFactory, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    tenants = {
+        "acme": {"models": [MODEL], "min_ttft_ms": 1000, "default_class": "batch"},
+        "easy": {"min_ttft_ms": 1000, "on_excess": "clamp"},
+    }
+    gateway = await make_gateway([await make_sim()], tenants=tenants)
+    acme = (await _create(http, gateway, "acme"))["key"]
+    easy = (await _create(http, gateway, "easy"))["key"]
+    free = (await _create(http, gateway, "other"))["key"]  # no entry: not restricted
+    url = gateway.url + "/v1/completions"
+
+    async def status(key: str, headers: dict[str, str], body: dict[str, Any] = BODY) -> Any:
+        headers = {"Authorization": f"Bearer {key}", **headers}
+        async with http.post(url, json=body, headers=headers) as response:
+            return response.status, (await response.json()).get("error")
+
+    assert (await status(acme, {}))[0] == 200  # its default: batch (5 s)
+    code, error = await status(acme, {"x-slo-class": "interactive"})  # 500 ms: too tight
+    assert (code, error["code"], error["param"]) == (403, "slo_not_permitted", "x-slo-class")
+    code, error = await status(acme, {"x-slo-ttft-ms": "200"})
+    assert (code, error["param"]) == (403, "x-slo-ttft-ms")
+    code, error = await status(acme, {}, {**BODY, "model": "elsewhere"})
+    assert (code, error["code"]) == (403, "model_not_permitted")
+    assert (await status(easy, {"x-slo-ttft-ms": "200"}))[0] == 200  # clamped to 1,000 ms
+    assert (await status(free, {"x-slo-ttft-ms": "200"}))[0] == 200
+    async with http.get(gateway.url + "/metrics") as response:
+        text = await response.text()
+    assert 'sluice_requests_total{model="sim-model",outcome="ok",slo_class="custom"}' in text
