@@ -19,6 +19,9 @@ from typing import Any
 
 import yaml
 
+SIM_COMMAND = (sys.executable, "-m", "bench.sim.cli")  # sluice-sim
+SLUICE_COMMAND = (sys.executable, "-m", "gateway")  # sluice
+
 
 async def _first_line(process: asyncio.subprocess.Process, what: str) -> str:
     assert process.stdout is not None
@@ -42,7 +45,7 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
 async def sim_fleet(args: Sequence[str], prefix: Sequence[str] = ()) -> AsyncIterator[list[str]]:
     """Run ``sluice-sim`` with ``args`` (``prefix``: e.g. taskset); yield the servers' URLs."""
     process = await asyncio.create_subprocess_exec(
-        *prefix, sys.executable, "-m", "bench.sim.cli", *args, stdout=asyncio.subprocess.PIPE
+        *prefix, *SIM_COMMAND, *args, stdout=asyncio.subprocess.PIPE
     )
     try:
         urls: list[str] = json.loads(await _first_line(process, "the simulator"))["servers"]
@@ -64,9 +67,7 @@ async def gateway(
     path.write_text(yaml.safe_dump(config))
     process = await asyncio.create_subprocess_exec(
         *prefix,
-        sys.executable,
-        "-m",
-        "gateway",
+        *SLUICE_COMMAND,
         "serve",
         "--config",
         str(path),

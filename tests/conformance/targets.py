@@ -11,7 +11,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.procs import stop_process
+from bench.procs import SIM_COMMAND, stop_process
 
 MODEL = "tiny"
 MAX_MODEL_LEN = 1024
@@ -63,9 +62,7 @@ def sim_target() -> Iterator[Target]:
     # Slowed so that a handful of requests keep it busy, as the tiny model on a CPU does.
     process = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "bench.sim.cli",
+            *SIM_COMMAND,
             "--servers",
             "1",
             "--model",

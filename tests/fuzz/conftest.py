@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, settings
 
-from bench.procs import stop_process
+from bench.procs import SIM_COMMAND, SLUICE_COMMAND, stop_process
 
 FUZZ_MODEL = "fuzz-model"
 TOKEN = "fuzz-admin-token"
@@ -57,9 +56,7 @@ def _first_line(process: subprocess.Popen[bytes], what: str) -> str:
 def sim_url() -> Iterator[str]:
     process = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "bench.sim.cli",
+            *SIM_COMMAND,
             "--servers",
             "1",
             "--model",
@@ -90,9 +87,7 @@ def start_gateway(sim_url: str, workdir: Path, **env: str) -> Target:
     path.write_text(yaml.safe_dump(config))
     process = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "gateway",
+            *SLUICE_COMMAND,
             "serve",
             "--config",
             str(path),
