@@ -153,8 +153,7 @@ class TenantConfig(_Frozen):
     ``models``: the models it may use (unset: any). ``classes``: the SLO classes it may name
     (unset: any). ``min_ttft_ms``/``min_tpot_ms``: the tightest targets it may ask for.
     ``default_class``: its requests' class when they name none. ``on_excess``: a request that
-    asks for more is refused (403 ``slo_not_permitted``) or clamped to the entitlement.
-    ``weight``: its share of the fleet under overload, against other tenants'."""
+    asks for more is refused (403 ``slo_not_permitted``) or clamped to the entitlement."""
 
     models: tuple[str, ...] | None = None
     classes: tuple[Name, ...] | None = None
@@ -162,7 +161,6 @@ class TenantConfig(_Frozen):
     min_tpot_ms: float | None = Field(default=None, gt=0)
     default_class: Name | None = None
     on_excess: Literal["refuse", "clamp"] = "refuse"
-    weight: float = Field(default=1.0, gt=0)
 
 
 class GatewayConfig(_Frozen):
