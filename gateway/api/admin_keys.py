@@ -9,9 +9,9 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.api.admin_config import read_body
+from gateway.api.admin_config import invalid, read_body
 from gateway.api.openai import RUNTIME
-from gateway.errors import InvalidRequest, KeyNotFound, SharedStateUnavailable
+from gateway.errors import KeyNotFound, SharedStateUnavailable
 from gateway.keys import KeyRecord, new_key
 from gateway.runtime import Runtime
 from gateway.state.store import StoreUnavailable
@@ -58,9 +58,7 @@ async def _validated(request: web.Request, model: type[NewKey | Rotation]) -> An
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        raise InvalidRequest(f"invalid body: {first['msg']}", param=param) from None
+        raise invalid(exc, "body") from None
 
 
 async def _created(runtime: Runtime, tenant: str, name: str) -> dict[str, Any]:

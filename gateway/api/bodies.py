@@ -108,7 +108,6 @@ class Generation:
     stream: bool
     wants_usage: bool
     max_tokens: int | None
-    fixed_tokens: bool  # the reply's length is max_tokens exactly (ignore_eos)
 
 
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
@@ -180,7 +179,6 @@ def validate_generation(body: dict[str, Any], *, chat: bool) -> Generation:
         stream=stream,
         wants_usage=bool(options and options.include_usage),
         max_tokens=limit,
-        fixed_tokens=bool(request.ignore_eos) and limit is not None,
     )
 
 
