@@ -141,7 +141,6 @@ class ConnectionGuard:
     def __init__(self, limits: ConnectionLimits) -> None:
         self.limits = limits
         self._open: dict[asyncio.BaseTransport, _Watch] = {}
-        self.refused = 0
 
     @property
     def open(self) -> int:
@@ -152,7 +151,6 @@ class ConnectionGuard:
 
     def admit(self, transport: asyncio.BaseTransport, watch: _Watch) -> bool:
         if len(self._open) >= self.limits.max_connections:
-            self.refused += 1
             log.warning("refusing a client connection: %d open", len(self._open))
             return False
         self._open[transport] = watch

@@ -14,6 +14,12 @@ from gateway.errors import ModelNotPermitted, SloNotPermitted
 from gateway.slo import CLASS_HEADER, CUSTOM_CLASS, TPOT_HEADER, TTFT_HEADER, SloTarget, resolve_slo
 
 
+def entitled(config: GatewayConfig, tenant: str | None) -> tuple[str, TenantConfig] | None:
+    """The tenant and its entry, when the request has a tenant with an entry."""
+    entitlement = config.tenants.get(tenant) if tenant is not None else None
+    return None if tenant is None or entitlement is None else (tenant, entitlement)
+
+
 def check_model(tenant: str, entitlement: TenantConfig, model: str) -> None:
     if entitlement.models is not None and model not in entitlement.models:
         raise ModelNotPermitted(f"tenant {tenant!r} may not use the model {model!r}", param="model")
@@ -38,7 +44,8 @@ def tenant_slo(
                 f"{', '.join(allowed)}",
                 param=CLASS_HEADER,
             )
-        headers = {k: v for k, v in headers.items() if k.lower() != CLASS_HEADER}
+        # Header names are case-insensitive: the copy keeps them lower case, as they are read.
+        headers = {k.lower(): v for k, v in headers.items() if k.lower() != CLASS_HEADER}
     slo = resolve_slo(headers, model, config, default_class=entitlement.default_class)
     ttft, tpot = slo.ttft_ms, slo.tpot_ms
     for value, floor, header in (

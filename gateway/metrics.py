@@ -200,12 +200,12 @@ class _BreakerCollector(Collector):
             "sluice_shared_state_breaker_trips", "Times the store's circuit breaker opened"
         )
         trips.add_metric([], b.trips)
-        refused = CounterMetricFamily(
+        skipped = CounterMetricFamily(
             "sluice_shared_state_calls_skipped",
             "Store calls answered at once from local state while the breaker was open",
         )
-        refused.add_metric([], b.refused)
-        yield from (up, trips, refused)
+        skipped.add_metric([], b.skipped)
+        yield from (up, trips, skipped)
 
 
 class GatewayMetrics:

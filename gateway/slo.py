@@ -85,5 +85,7 @@ def resolve_slo(
     ttft_ms = base.ttft_ms if ttft is None else ttft
     tpot_ms = base.tpot_ms if tpot is None else tpot
     same = (ttft_ms, tpot_ms) == (base.ttft_ms, base.tpot_ms)
-    label = base_name if same and (class_name is not None or ttft is tpot is None) else CUSTOM_CLASS
+    explicit = ttft is not None or tpot is not None
+    # Targets given without a class are custom, even where they equal the default class's.
+    label = base_name if same and (class_name is not None or not explicit) else CUSTOM_CLASS
     return SloTarget(label, ttft_ms, tpot_ms, rejectable)

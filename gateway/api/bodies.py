@@ -162,17 +162,12 @@ def validate_generation(body: dict[str, Any], *, chat: bool) -> Generation:
     stream = bool(request.stream)
     if request.stream_options is not None and not stream:
         raise InvalidRequest("'stream_options' needs 'stream': true", param="stream_options")
-    n = request.n or 1
-    if request.best_of is not None and request.best_of < n:
-        raise InvalidRequest("'best_of' must not be below 'n'", param="best_of")
-    if stream and request.best_of is not None and request.best_of > n:
-        raise InvalidRequest("'best_of' above 'n' cannot be streamed", param="best_of")
     limit = request.max_tokens
     if isinstance(request, ChatRequest) and limit is None:
         limit = request.max_completion_tokens
     if request.min_tokens is not None and limit is not None and request.min_tokens > limit:
         raise InvalidRequest("'min_tokens' must not exceed 'max_tokens'", param="min_tokens")
-    _one_sequence(n, request.best_of, _prompts(request))
+    _one_sequence(request.n or 1, request.best_of, _prompts(request))
     options = request.stream_options
     return Generation(
         model=request.model,
@@ -185,16 +180,20 @@ def validate_generation(body: dict[str, Any], *, chat: bool) -> Generation:
 async def read_json_object(request: web.Request, limit: int, timeout_s: float) -> dict[str, Any]:
     """The body as a JSON object: read within ``timeout_s``, strict UTF-8, finite numbers,
     no lone surrogates. Anything else is the client's error (400, 408 or 413)."""
+    return parse_json_object(await read_bytes(request, limit, timeout_s))
+
+
+async def read_bytes(request: web.Request, limit: int, timeout_s: float) -> bytes:
+    """The body's bytes, at most ``limit`` of them (413) and within ``timeout_s`` (408)."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body of {request.content_length} bytes exceeds {limit}")
     try:
         async with asyncio.timeout(timeout_s):
-            raw = await request.read()
+            return await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise PayloadTooLarge(f"request body exceeds {limit} bytes") from exc
     except TimeoutError:
         raise RequestTimeout(f"the request body did not arrive within {timeout_s:g}s") from None
-    return parse_json_object(raw)
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:

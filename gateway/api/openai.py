@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -12,15 +11,18 @@ from typing import Any
 from aiohttp import web
 
 from adapters.base import BackendTimeout, BackendUnreachable, StreamBroken
-from gateway.api.bodies import parse_json_object, read_json_object, validate_generation
-from gateway.entitlements import check_model, tenant_slo
+from gateway.api.bodies import (
+    parse_json_object,
+    read_bytes,
+    read_json_object,
+    validate_generation,
+)
+from gateway.entitlements import check_model, entitled, tenant_slo
 from gateway.errors import (
     ContextLengthExceeded,
     MethodNotAllowed,
     ModelNotFound,
     NoBackendAvailable,
-    PayloadTooLarge,
-    RequestTimeout,
     RouteNotFound,
     UpstreamError,
     UpstreamTimeout,
@@ -32,7 +34,6 @@ from gateway.middleware import error_response, is_openai_error
 from gateway.proxy import REQUEST_ID_HEADER, GenerationCall
 from gateway.records import RequestRecord
 from gateway.runtime import Runtime
-from gateway.settings import Settings
 from gateway.slo import resolve_slo
 
 log = logging.getLogger(__name__)
@@ -57,19 +58,6 @@ def check_context(fleet: Fleet, model: str, expected: Estimate, max_tokens: int 
             f"any backend serving {model!r} holds ({limit})",
             param="max_tokens" if expected.min_prompt_tokens < limit else "messages",
         )
-
-
-async def read_body(request: web.Request, settings: Settings) -> bytes:
-    """A pass-through body, within the size and time bounds."""
-    try:
-        async with asyncio.timeout(settings.body_timeout_s):
-            return await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise PayloadTooLarge(f"request body exceeds {settings.max_body_bytes} bytes") from exc
-    except TimeoutError:
-        raise RequestTimeout(
-            f"the request body did not arrive within {settings.body_timeout_s:g}s"
-        ) from None
 
 
 def upstream_status_error(status: int, request: web.Request) -> web.Response:
@@ -103,17 +91,18 @@ def _generation(endpoint: str, *, chat: bool) -> Any:
         services = runtime.services
         config = runtime.config
         tenant = request.get(TENANT_KEY)
-        entitlement = config.tenants.get(tenant) if tenant is not None else None
-        if tenant is not None and entitlement is not None:
+        granted = entitled(config, tenant)
+        if granted is not None:
             # Before the model's existence: a tenant learns nothing of models it may not use.
-            check_model(tenant, entitlement, model)
+            check_model(*granted, model)
         if model not in services.fleet.known_models():
             raise ModelNotFound(f"the model {model!r} does not exist", param="model")
-        if tenant is not None and entitlement is not None:
-            slo = tenant_slo(request.headers, model, config, tenant, entitlement)
-        else:
-            slo = resolve_slo(request.headers, model, config)
-        expected = estimate(body, services.lengths, runtime.config.scheduler.output_quantile)
+        slo = (
+            tenant_slo(request.headers, model, config, *granted)
+            if granted is not None
+            else resolve_slo(request.headers, model, config)
+        )
+        expected = estimate(body, services.lengths, config.scheduler.output_quantile)
         check_context(services.fleet, model, expected, generation.max_tokens)
         record = RequestRecord(
             id=request_id(request),
@@ -156,7 +145,12 @@ async def passthrough(request: web.Request) -> web.Response:
         )
     runtime = request.app[RUNTIME]
     fleet = runtime.services.fleet
-    raw = await read_body(request, runtime.settings) if request.can_read_body else None
+    settings = runtime.settings
+    raw = (
+        await read_bytes(request, settings.max_body_bytes, settings.body_timeout_s)
+        if request.can_read_body
+        else None
+    )
     model: str | None = None
     if raw:
         # vLLM's other endpoints take JSON objects too: hostile bytes stop here, as for

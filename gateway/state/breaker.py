@@ -36,7 +36,7 @@ class Breaker:
         self._down = down
         self._probe: asyncio.Task[None] | None = None
         self.trips = 0
-        self.refused = 0  # calls refused at once while open
+        self.skipped = 0  # calls answered at once, unsent, while open
 
     @property
     def open(self) -> bool:
@@ -45,7 +45,7 @@ class Breaker:
     async def call(self, make: Callable[[], Awaitable[T]], *, timeout_s: float | None = None) -> T:
         """Run one store call within its bound; raise StoreUnavailable at once while open."""
         if self._probe is not None:
-            self.refused += 1
+            self.skipped += 1
             raise StoreUnavailable("shared state unavailable (circuit open, probing)")
         bound = self.timeout_s if timeout_s is None else timeout_s
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from multidict import CIMultiDict
 
 from gateway.config import GatewayConfig, TenantConfig
 from gateway.entitlements import check_model, tenant_slo
@@ -75,6 +76,12 @@ def test_clamped_where_the_tenant_is_so_configured(
 ) -> None:
     tenant = TenantConfig.model_validate({**LIMITED, "on_excess": "clamp"})
     assert tenant_slo(headers, "m", CONFIG, "acme", tenant) == expected
+
+
+def test_a_clamped_class_keeps_the_other_headers_whatever_their_case() -> None:
+    tenant = TenantConfig.model_validate({**LIMITED, "on_excess": "clamp"})
+    headers = CIMultiDict({"X-SLO-Class": "gold", "X-SLO-TTFT-MS": "2000"})
+    assert tenant_slo(headers, "m", CONFIG, "acme", tenant) == SloTarget("custom", 2000, 40)
 
 
 def test_models() -> None:
