@@ -18,11 +18,11 @@ from adapters.base import EngineAdapter, EngineLoad
 from bench.sim.engine import Engine, SimRequest, Step, TokenHook
 from bench.sim.profiles import Profile
 from bench.workload import SCORPIO_CLASSES, Planned, Result
-from gateway.config import BackendConfig, LatencyPrior, SchedulerConfig
+from gateway.config import BackendConfig, GatewayConfig, LatencyPrior, SchedulerConfig, TenantConfig
 from gateway.errors import NoBackendAvailable, SloUnattainable
 from gateway.estimate import demand, estimate
 from gateway.fleet import Backend, Fleet, InFlight
-from gateway.runtime import make_policy
+from gateway.runtime import fair_share, make_policy
 from gateway.scheduling.scheduler import Scheduler
 from gateway.scheduling.snapshot import Placement
 from gateway.slo import SloTarget
@@ -54,9 +54,11 @@ def run_virtual(
     lengths: LengthModel,
     slo_scale: float = 1.0,
     instances: dict[str, tuple[str, int]] | None = None,
+    tenants: dict[str, TenantConfig] | None = None,
 ) -> list[Result]:
     """Serve ``items`` on ``backends`` engines named b0, b1, ...; ``instances`` places them in
-    macro instances (backend -> instance, place in its cycle) for rolling activation."""
+    macro instances (backend -> instance, place in its cycle) for rolling activation;
+    ``tenants`` weighs the items' tenants for fair share."""
     now = [0.0]
 
     def clock() -> float:
@@ -82,6 +84,7 @@ def run_virtual(
         backend.load = EngineLoad(kv_capacity_tokens=profile.kv_tokens)
     queue = Scheduler(fleet, make_policy(scheduler), clock=clock)
     queue.instances = dict(instances or {})
+    queue.fair = fair_share(GatewayConfig(scheduler=scheduler, tenants=tenants or {}))
     loop = asyncio.new_event_loop()  # only to create futures; it never runs
     live: dict[tuple[str, int], _Live] = {}
     finished: list[tuple[str, int]] = []
@@ -129,7 +132,13 @@ def run_virtual(
             if error is not None:
                 reason = error.reason if isinstance(error, SloUnattainable) else "error"
                 results.append(
-                    Result(item.slo_class, 429, elapsed_s=now[0] - arrival, reason=reason)
+                    Result(
+                        item.slo_class,
+                        429,
+                        elapsed_s=now[0] - arrival,
+                        reason=reason,
+                        tenant=item.tenant,
+                    )
                 )
                 continue
             placement = future.result()
@@ -155,11 +164,12 @@ def run_virtual(
             "messages": [{"role": "user", "content": item.sample.prompt}],
         }
         slo = SloTarget(item.slo_class, ttft_ms * slo_scale, tpot_ms * slo_scale)
-        wanted = demand(MODEL, now[0], slo, estimate(body, lengths, scheduler.output_quantile))
+        expected = estimate(body, lengths, scheduler.output_quantile)
+        wanted = demand(MODEL, now[0], slo, expected, item.tenant)
         try:
             ticket, future = queue.submit(wanted, loop)
         except NoBackendAvailable:
-            results.append(Result(item.slo_class, 503))
+            results.append(Result(item.slo_class, 503, tenant=item.tenant))
             return
         pending[ticket] = (item, now[0], future)
 
@@ -186,13 +196,15 @@ def run_virtual(
                 start_step(name)
         for key in finished:
             state = live.pop(key)
-            fleet[state.backend].remove(state.ticket)
+            queue.finish(fleet[state.backend], state.ticket)
             tpot = None
             if state.first is not None and state.last is not None and state.tokens > 1:
                 tpot = (state.last - state.first) / (state.tokens - 1)
             ttft = None if state.first is None else state.first - state.arrival
+            item = state.item
+            elapsed = now[0] - state.arrival
             results.append(
-                Result(state.item.slo_class, 200, ttft, tpot, state.tokens, now[0] - state.arrival)
+                Result(item.slo_class, 200, ttft, tpot, state.tokens, elapsed, tenant=item.tenant)
             )
         if finished:
             finished.clear()

@@ -56,6 +56,7 @@ class Planned:
     sample: PromptSample
     slo_class: str
     max_tokens: int
+    tenant: str | None = None
 
 
 @dataclass(slots=True)
@@ -67,6 +68,7 @@ class Result:
     tokens: int = 0
     elapsed_s: float = 0.0
     reason: str | None = None
+    tenant: str | None = None
 
 
 def plan(

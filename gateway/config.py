@@ -56,6 +56,20 @@ class LatencyPrior(_Frozen):
         return LatencyPrior(**fields)
 
 
+class FairShareConfig(_Frozen):
+    """Weighted fair share between tenants under overload (``gateway.scheduling.fairness``):
+    service counted in tokens, a prompt token weighing ``prefill_weight`` and a generated
+    one ``decode_weight``, per unit of the tenant's ``weight``, decayed with ``half_life_s``.
+    Tenants within ``tolerance`` (relative) plus ``slack_tokens`` of each other rank alike."""
+
+    enabled: bool = True
+    half_life_s: float = Field(default=30.0, gt=0, le=86_400)
+    tolerance: float = Field(default=0.1, ge=0, le=10)
+    slack_tokens: float = Field(default=2000.0, ge=0)
+    prefill_weight: float = Field(default=1.0, ge=0, le=100)
+    decode_weight: float = Field(default=2.0, ge=0, le=100)
+
+
 class SchedulerConfig(_Frozen):
     """Which scheduling policy runs, and its parameters (ALGORITHMS.md §3, §4)."""
 
@@ -78,6 +92,7 @@ class SchedulerConfig(_Frozen):
         "(guards), or the macro instance with the most headroom and, inside it, sticky-cyclic "
         "rolling activation with EcoServe's check (rolling).",
     )
+    fair_share: FairShareConfig = Field(default_factory=FairShareConfig)
 
 
 class PoolConfig(_Frozen):
@@ -147,13 +162,28 @@ class BackendConfig(_Frozen):
         return self.models[0] if self.models else "default"
 
 
+class TenantLimits(_Frozen):
+    """A tenant's rate limits, over every replica (``gateway.tenancy``). Unset: no limit.
+
+    ``requests_per_second``: a bucket of that many requests refilled continuously, so a burst
+    of up to one second's worth passes. ``tokens_per_minute``: prompt plus completion tokens,
+    reserved at admission from the predicted reply and settled with the true count; the
+    bucket holds one minute's worth. ``max_concurrent``: requests in flight at once."""
+
+    requests_per_second: float | None = Field(default=None, gt=0, le=1_000_000)
+    tokens_per_minute: int | None = Field(default=None, ge=1, le=10**12)
+    max_concurrent: int | None = Field(default=None, ge=1, le=1_000_000)
+
+
 class TenantConfig(_Frozen):
     """What one tenant's requests may ask for (its client keys name it).
 
     ``models``: the models it may use (unset: any). ``classes``: the SLO classes it may name
     (unset: any). ``min_ttft_ms``/``min_tpot_ms``: the tightest targets it may ask for.
     ``default_class``: its requests' class when they name none. ``on_excess``: a request that
-    asks for more is refused (403 ``slo_not_permitted``) or clamped to the entitlement."""
+    asks for more is refused (403 ``slo_not_permitted``) or clamped to the entitlement.
+    ``weight``: its share of the fleet under overload, against other tenants' weights (a
+    tenant without an entry weighs 1). ``limits``: its rate limits."""
 
     models: tuple[str, ...] | None = None
     classes: tuple[Name, ...] | None = None
@@ -161,6 +191,8 @@ class TenantConfig(_Frozen):
     min_tpot_ms: float | None = Field(default=None, gt=0)
     default_class: Name | None = None
     on_excess: Literal["refuse", "clamp"] = "refuse"
+    weight: float = Field(default=1.0, gt=0, le=1000)
+    limits: TenantLimits = Field(default_factory=TenantLimits)
 
 
 class GatewayConfig(_Frozen):
@@ -179,7 +211,9 @@ class GatewayConfig(_Frozen):
     latency_prior: LatencyPrior = Field(default_factory=LatencyPrior)
     tenants: dict[Name, TenantConfig] = Field(
         default_factory=dict,
-        description="Entitlements per tenant; a tenant without an entry is not restricted.",
+        max_length=10_000,
+        description="Entitlements, limits and weight per tenant; a tenant without an entry is "
+        "not restricted and weighs 1.",
     )
 
     @model_validator(mode="after")
@@ -207,6 +241,10 @@ class GatewayConfig(_Frozen):
 
     def pool(self, name: str) -> PoolConfig:
         return self.pools.get(name) or PoolConfig()
+
+    def tenant_weight(self, tenant: str | None) -> float:
+        entry = self.tenants.get(tenant) if tenant is not None else None
+        return entry.weight if entry is not None else 1.0
 
     def class_for_model(self, model: str) -> str:
         for entry in self.models:

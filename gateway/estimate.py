@@ -44,7 +44,9 @@ def estimate(
     )
 
 
-def demand(model: str, arrival: float, slo: SloTarget, expected: Estimate) -> Demand:
+def demand(
+    model: str, arrival: float, slo: SloTarget, expected: Estimate, tenant: str | None = None
+) -> Demand:
     return Demand(
         model=model,
         arrival=arrival,
@@ -54,4 +56,5 @@ def demand(model: str, arrival: float, slo: SloTarget, expected: Estimate) -> De
         predicted_tokens=expected.output_tokens,
         reserve_tokens=expected.prompt_tokens + expected.output_reserve,
         rejectable=slo.rejectable,
+        tenant=tenant,
     )

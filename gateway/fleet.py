@@ -32,6 +32,7 @@ class InFlight:
     reserved_kv: int
     dispatched_at: float
     pending_at_dispatch: int  # prompt tokens awaiting prefill there at dispatch, its own too
+    tenant: str | None = None
     first_token_at: float | None = None
     last_token_at: float | None = None
     tokens: int = 0

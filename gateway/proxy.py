@@ -136,7 +136,7 @@ class Proxy:
         excluded: set[str] = set()
         failure: BackendUnreachable | None = None
         assert record.estimate is not None
-        wanted = demand(record.model, record.arrival, record.slo, record.estimate)
+        wanted = demand(record.model, record.arrival, record.slo, record.estimate, record.tenant)
         until = self._clock() + self._queue_timeout_s
         for attempt in (1, 2):
             try:
@@ -164,7 +164,7 @@ class Proxy:
                     "POST", call.endpoint, payload.encode(), self._timeouts
                 )
             except BackendUnreachable as exc:
-                self._release(lease)
+                self._release(lease, served=False)
                 log.warning("request %s: backend %s unreachable: %s", record.id, backend.name, exc)
                 self._fleet.mark_unreachable(lease.backend, str(exc))
                 excluded.add(lease.backend)
@@ -199,11 +199,11 @@ class Proxy:
                     lease.backend, lease.ticket, lease_weight(wanted), self._rule(lease.owner)
                 )
             except BaseException:
-                self._release(lease)
+                self._release(lease, served=False)
                 raise
             if grant.admitted:
                 return lease
-            self._scheduler.release(lease)
+            self._scheduler.release(lease, served=False)
             self._metrics.shared_refusals.labels(lease.backend).inc()
             if self._clock() + delay > until:
                 raise NoBackendAvailable(
@@ -229,8 +229,8 @@ class Proxy:
             )
         return AdmissionRule(backend.config.max_in_flight)
 
-    def _release(self, lease: Lease) -> None:
-        self._scheduler.release(lease)
+    def _release(self, lease: Lease, *, served: bool = True) -> None:
+        self._scheduler.release(lease, served=served)
         if self._sharing is not None:
             self._sharing.give_back(lease.backend, lease.ticket)
 

@@ -23,6 +23,7 @@ from gateway.outliers import OutlierRules
 from gateway.proxy import Proxy
 from gateway.records import RecordLog
 from gateway.scaling import Scaler
+from gateway.scheduling.fairness import FairShare, ShareRules
 from gateway.scheduling.macro import instance_ids, with_layout
 from gateway.scheduling.policy import Policy, SloPolicy, least_loaded
 from gateway.scheduling.scheduler import Scheduler
@@ -71,6 +72,23 @@ def make_policy(config: SchedulerConfig) -> Policy:
         urgent_s=config.urgent_ms / 1000,
         rolling=config.placement == "rolling",
     )
+
+
+def fair_share(config: GatewayConfig, current: FairShare | None = None) -> FairShare | None:
+    """The scheduler's fair share under ``config``; the counters so far carry over."""
+    rules = config.scheduler.fair_share
+    if not rules.enabled:
+        return None
+    share = current or FairShare(ShareRules())
+    share.rules = ShareRules(
+        rules.half_life_s,
+        rules.tolerance,
+        rules.slack_tokens,
+        rules.prefill_weight,
+        rules.decode_weight,
+    )
+    share.weight = config.tenant_weight
+    return share
 
 
 class Runtime:
@@ -126,6 +144,7 @@ class Runtime:
             peer_load=sharing.others if sharing is not None else lambda _name: LoadTotals(),
         )
         scheduler.instances = instance_ids(self.config)
+        scheduler.fair = fair_share(self.config)
         fleet.on_change = scheduler.schedule
         metrics = GatewayMetrics(fleet, scheduler.queue_depths)
         metrics.watch_config(lambda: self.config)
@@ -269,6 +288,7 @@ class Runtime:
         services.config_version = version
         services.scheduler.policy = make_policy(config.scheduler)
         services.scheduler.instances = instance_ids(config)
+        services.scheduler.fair = fair_share(config, services.scheduler.fair)
         added = services.fleet.reconcile(
             config.backends, lambda cfg: self._build_backend(services.session, cfg)
         )

@@ -16,13 +16,13 @@ from gateway.scheduling.snapshot import BackendView, WaitingView
 DEFAULT_CONTEXT = 1000.0  # mean context assumed for a backend with nothing in flight
 
 
-def ldf_key(w: WaitingView) -> tuple[float, float, int]:
-    """Least deadline first; ties by arrival, then ticket."""
-    return (w.deadline, w.arrival, w.ticket)
+def ldf_key(w: WaitingView) -> tuple[int, float, float, int]:
+    """Least deadline first within a fair-share rank; ties by arrival, then ticket."""
+    return (w.rank, w.deadline, w.arrival, w.ticket)
 
 
-def fifo_key(w: WaitingView) -> tuple[float, float, int]:
-    return (w.arrival, w.arrival, w.ticket)
+def fifo_key(w: WaitingView) -> tuple[int, float, float, int]:
+    return (w.rank, w.arrival, w.arrival, w.ticket)
 
 
 def tightness(tpot_s: float, tightest_s: float) -> float:

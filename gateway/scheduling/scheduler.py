@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from gateway.errors import NoBackendAvailable, SloUnattainable
 from gateway.fleet import Backend, Fleet, InFlight
+from gateway.scheduling.fairness import FairShare, ShareRules
 from gateway.scheduling.policy import Policy, least_loaded
 from gateway.scheduling.snapshot import (
     Activation,
@@ -43,6 +44,7 @@ class Demand:
     predicted_tokens: int = 0
     reserve_tokens: int = 0
     rejectable: bool = True
+    tenant: str | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -52,13 +54,15 @@ class _Ticket:
     excluded: frozenset[str]
     future: asyncio.Future[Placement] = field(repr=False)
     credit: float = 0.0
+    rank: int = 0
     _view: WaitingView | None = field(default=None, repr=False)
 
     def view(self) -> WaitingView:
-        """Its snapshot view, built once and again only when its credit changes."""
-        if self._view is None or self._view.credit != self.credit:
+        """Its snapshot view, built once and again only when its credit or rank changes."""
+        view = self._view
+        if view is None or view.credit != self.credit or view.rank != self.rank:
             d = self.demand
-            self._view = WaitingView(
+            self._view = view = WaitingView(
                 self.id,
                 d.model,
                 d.arrival,
@@ -70,8 +74,9 @@ class _Ticket:
                 d.reserve_tokens,
                 self.credit,
                 d.rejectable,
+                self.rank,
             )
-        return self._view
+        return view
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +103,7 @@ class Scheduler:
         self.policy = policy
         self._clock = clock
         self.peer_load = peer_load  # other gateway replicas' load per backend
+        self.fair: FairShare | None = FairShare(ShareRules())  # None: no fair share
         self._waiting: dict[int, _Ticket] = {}
         self._ids = itertools.count(1)
         # Macro instances: backend -> (instance, place in its cycle), and each instance's
@@ -166,18 +172,34 @@ class Scheduler:
         self._waiting.pop(ticket.id, None)
         future = ticket.future
         if future.done() and not future.cancelled() and future.exception() is None:
-            self._fleet[future.result().backend].remove(ticket.id)
+            self.finish(self._fleet[future.result().backend], ticket.id, served=False)
             self.schedule()
         elif not future.done():
             future.cancel()
 
-    def release(self, lease: Lease) -> None:
-        lease.owner.remove(lease.ticket)
+    def release(self, lease: Lease, *, served: bool = True) -> None:
+        """Give a lease's slot back; ``served`` False when nothing was sent on it."""
+        self.finish(lease.owner, lease.ticket, served=served)
         if lease.owner.draining:
             self._fleet.prune()
         self.schedule()
 
-    def snapshot(self) -> tuple[list[WaitingView], list[BackendView]]:
+    def finish(self, backend: Backend, ticket: int, *, served: bool = True) -> None:
+        """A dispatched request ended: its slot is free, and its tenant's service is
+        corrected from the predicted reply to the tokens it really generated (or, when it
+        was never sent, refunded)."""
+        request = backend.inflight.get(ticket)
+        backend.remove(ticket)
+        if request is None or self.fair is None:
+            return
+        if served:
+            prompt, decode = 0, request.tokens - request.predicted_tokens
+        else:
+            prompt, decode = -request.prompt_tokens, -request.predicted_tokens
+        self.fair.charge(request.tenant, prompt, decode, self._clock())
+
+    def snapshot(self, now: float | None = None) -> tuple[list[WaitingView], list[BackendView]]:
+        self._rank(self._clock() if now is None else now)
         waiting = [t.view() for t in self._waiting.values()]
         backends = [
             BackendView(
@@ -210,6 +232,19 @@ class Scheduler:
         ]
         return waiting, backends
 
+    def _rank(self, now: float) -> None:
+        """Each waiting request's fair-share rank, from its tenant's recent service."""
+        fair = self.fair
+        if fair is None:
+            return
+        tenants = {t.demand.tenant for t in self._waiting.values()}
+        if len(tenants) == 1:
+            ranks: dict[str | None, int] = dict.fromkeys(tenants, 0)
+        else:
+            ranks = fair.ranks(tenants, now)
+        for ticket in self._waiting.values():
+            ticket.rank = ranks[ticket.demand.tenant]
+
     def _rolling(self, name: str) -> RollingView | None:
         place = self.instances.get(name)
         if place is None:
@@ -229,7 +264,7 @@ class Scheduler:
         if not self._waiting:
             return
         now = self._clock()
-        waiting, backends = self.snapshot()
+        waiting, backends = self.snapshot(now)
         plan = self.policy(waiting, backends, now)
         for rejection in plan.rejections:
             self._reject(self._waiting.pop(rejection.ticket), rejection, now)
@@ -246,7 +281,10 @@ class Scheduler:
                 reserved_kv=d.reserve_tokens,
                 dispatched_at=now,
                 pending_at_dispatch=backend.pending_prefill() + d.prompt_tokens,
+                tenant=d.tenant,
             )
+            if self.fair is not None:
+                self.fair.charge(d.tenant, d.prompt_tokens, d.predicted_tokens, now)
             ticket.future.set_result(placement)
         self._active.update(plan.activations)
         for ticket_id, credit in plan.credits.items():

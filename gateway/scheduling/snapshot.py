@@ -99,6 +99,7 @@ class WaitingView:
     reserve_tokens: int = 0  # KV it may need: prompt + a conservative output estimate
     credit: float = 0.0
     rejectable: bool = True
+    rank: int = 0  # its tenant's fair-share rank: 0 least served (scheduling.fairness)
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,6 +70,7 @@ def wait(
     arrival: float = 0.0,
     model: str = "m",
     rejectable: bool = True,
+    rank: int = 0,
 ) -> WaitingView:
     return WaitingView(
         ticket,
@@ -83,6 +84,7 @@ def wait(
         reserve,
         credit,
         rejectable,
+        rank,
     )
 
 
@@ -263,3 +265,23 @@ def test_without_vbs_only_the_in_flight_bound_limits() -> None:
     view = backend(requests=running(5, 0.0210), cap=6)
     plan = policy([wait(1), wait(2)], [view], 0.0)
     assert [p.ticket for p in plan.placements] == [1]
+
+
+def test_a_tenant_above_its_share_is_refused_first() -> None:
+    # Two 2000-token prompts, room to prefill one in time: by deadline alone ticket 1 (of the
+    # tenant served more, rank 1) would go first and ticket 2 be refused; by rank, 1 is.
+    queue = [wait(1, deadline=0.30, prompt=2000, rank=1), wait(2, deadline=0.32, prompt=2000)]
+    assert _rejections(queue, [backend()]) == {1: pytest.approx(0.4)}
+    same_rank = [wait(1, deadline=0.30, prompt=2000), wait(2, deadline=0.32, prompt=2000)]
+    assert _rejections(same_rank, [backend()]) == {2: pytest.approx(0.4)}
+
+
+def test_a_tenant_above_its_share_is_held_first() -> None:
+    # One slot: the request of the tenant below its share takes it, the other waits.
+    queue = [wait(1, deadline=5.0, rank=1), wait(2, deadline=6.0)]
+    plan = SloPolicy(credits=False)(queue, [backend(cap=1)], 0.0)
+    assert [p.ticket for p in plan.placements] == [2]
+    assert plan.rejections == []
+    # When both fit, both go: the rank only decides who is held or refused.
+    both = SloPolicy(credits=False)(queue, [backend(cap=2)], 0.0)
+    assert sorted(p.ticket for p in both.placements) == [1, 2]
