@@ -8,7 +8,8 @@ from aiohttp import web
 
 from gateway.api import admin, openai, ops
 from gateway.api.client_auth import client_auth
-from gateway.api.openai import RUNTIME
+from gateway.api.context import RUNTIME
+from gateway.api.limits import add_rate_headers
 from gateway.config import GatewayConfig
 from gateway.connections import ConnectionGuard, ConnectionLimits, GuardedSite
 from gateway.middleware import openai_errors
@@ -32,6 +33,7 @@ def build_app(settings: Settings, config: GatewayConfig) -> web.Application:
     app[RUNTIME] = runtime
     app[GUARD] = guard
     app.cleanup_ctx.append(runtime.lifespan)
+    app.on_response_prepare.append(add_rate_headers)
     ops.add_routes(app)
     admin.add_routes(app)
     openai.add_routes(app)

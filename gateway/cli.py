@@ -45,7 +45,7 @@ GC_THRESHOLDS = (50_000, 20, 100)
 
 
 async def _serve(settings: Settings, config: GatewayConfig) -> None:
-    from gateway.api.openai import RUNTIME
+    from gateway.api.context import RUNTIME
     from gateway.app import build_app, start_server
 
     gc.set_threshold(*GC_THRESHOLDS)

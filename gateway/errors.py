@@ -191,6 +191,30 @@ class SloUnattainable(SluiceError):
         self.reason = reason
 
 
+class RateLimited(SluiceError):
+    """A tenant's rate limit. ``kind`` is OpenAI's error type for it: ``requests`` or
+    ``tokens``; ``reason`` which limit refused (requests, tokens, concurrent, too_large)."""
+
+    status = 429
+    error_type = "requests"
+    code = "rate_limit_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str,
+        reason: str,
+        code: str = "rate_limit_exceeded",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, headers=headers)
+        self.kind, self.reason, self.limit_code = kind, reason, code
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.kind, self.param, self.limit_code)
+
+
 class UpstreamError(SluiceError):
     status = 502
     error_type = "upstream_error"

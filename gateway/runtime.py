@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
@@ -17,6 +17,7 @@ from gateway.config import BackendConfig, GatewayConfig, SchedulerConfig
 from gateway.fleet import Backend, Fleet, background, make_adapter
 from gateway.keys import KeyRecord, KeyTable
 from gateway.learning import SharedLearning
+from gateway.limiter import TenantLimiter
 from gateway.metrics import GatewayMetrics
 from gateway.net import loopback
 from gateway.outliers import OutlierRules
@@ -53,6 +54,7 @@ class Services:
     config_version: int = 0
     learning: SharedLearning | None = None  # with replicas: samples and models shared
     scaler: Scaler | None = None
+    limiter: TenantLimiter = field(default_factory=lambda: TenantLimiter(None))
 
 
 log = logging.getLogger(__name__)
@@ -182,7 +184,9 @@ class Runtime:
             version,
             SharedLearning(store, samples, keep=s.samples_kept) if s.redis_url else None,
             scaler,
+            TenantLimiter(store if isinstance(store, RedisStore) else None),
         )
+        limiter = self._services.limiter
         await fleet.probe_all()
         tick_s = self.config.scheduler.tick_ms / 1000
         tasks = [
@@ -192,6 +196,7 @@ class Runtime:
             asyncio.create_task(
                 background("scaling", lambda: scaler.run(lambda: self.config, s.scale_interval_s))
             ),
+            asyncio.create_task(background("rate limits", limiter.run)),
         ]
         learning = self._services.learning
         if learning is not None:
@@ -225,6 +230,7 @@ class Runtime:
         finally:
             if sharing is not None:
                 await sharing.close(s.shutdown_grace_s)
+            await limiter.close()
             for task in tasks:
                 task.cancel()
             for task in tasks:

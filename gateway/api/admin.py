@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.api import admin_config, admin_keys, admin_pools, admin_predictor, openapi
-from gateway.api.openai import RUNTIME
+from gateway.api.context import RUNTIME
 from gateway.api.stats import stats
 from gateway.errors import AdminDisabled, Unauthorized
 from gateway.net import loopback

@@ -13,7 +13,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from gateway.api.bodies import read_json_object
-from gateway.api.openai import RUNTIME
+from gateway.api.context import RUNTIME
 from gateway.api.stats import backend_stats
 from gateway.config import BackendConfig, GatewayConfig, SloClass
 from gateway.errors import (

@@ -10,7 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.api.admin_config import invalid, read_body
-from gateway.api.openai import RUNTIME
+from gateway.api.context import RUNTIME
 from gateway.errors import KeyNotFound, SharedStateUnavailable
 from gateway.keys import KeyRecord, new_key
 from gateway.runtime import Runtime

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api.admin_config import Method, edit_config, put_entry
-from gateway.api.openai import RUNTIME
+from gateway.api.context import RUNTIME
 from gateway.config import PoolConfig
 from gateway.errors import PoolNotFound
 from gateway.scheduling.macro import bounds_of, pool_members

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.api.openai import RUNTIME
+from gateway.api.context import RUNTIME
 from gateway.errors import RetrainRunning
 from predictor.data import load_samples
 from predictor.online import retrain, to_jsonl

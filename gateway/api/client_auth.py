@@ -11,7 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.api.openai import RUNTIME, TENANT_KEY
+from gateway.api.context import RUNTIME, TENANT_KEY
 from gateway.errors import KeysRequired, Unauthorized
 from gateway.net import loopback
 

@@ -17,6 +17,8 @@ from gateway.api.bodies import (
     read_json_object,
     validate_generation,
 )
+from gateway.api.context import RUNTIME, TENANT_KEY
+from gateway.api.limits import check_limits, used_tokens
 from gateway.entitlements import check_model, entitled, tenant_slo
 from gateway.errors import (
     ContextLengthExceeded,
@@ -33,15 +35,12 @@ from gateway.fleet import Fleet
 from gateway.middleware import error_response, is_openai_error
 from gateway.proxy import REQUEST_ID_HEADER, GenerationCall
 from gateway.records import RequestRecord
-from gateway.runtime import Runtime
 from gateway.slo import resolve_slo
 
 log = logging.getLogger(__name__)
 
-RUNTIME = web.AppKey("runtime", Runtime)
 _OWN_PATHS = {"/v1/chat/completions": "POST", "/v1/completions": "POST", "/v1/models": "GET"}
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-TENANT_KEY = web.RequestKey("tenant", str)  # set by gateway.api.client_auth once a key is checked
 
 
 def check_context(fleet: Fleet, model: str, expected: Estimate, max_tokens: int | None) -> None:
@@ -104,6 +103,7 @@ def _generation(endpoint: str, *, chat: bool) -> Any:
         )
         expected = estimate(body, services.lengths, config.scheduler.output_quantile)
         check_context(services.fleet, model, expected, generation.max_tokens)
+        hold = None if granted is None else await check_limits(request, runtime, *granted, expected)
         record = RequestRecord(
             id=request_id(request),
             model=model,
@@ -115,7 +115,11 @@ def _generation(endpoint: str, *, chat: bool) -> Any:
             tenant=tenant,
         )
         call = GenerationCall(endpoint=endpoint, body=body, wants_usage=generation.wants_usage)
-        return await services.proxy.generate(request, call, record)
+        try:
+            return await services.proxy.generate(request, call, record)
+        finally:
+            if hold is not None:
+                services.limiter.settle(hold, used_tokens(record))
 
     return handler
 

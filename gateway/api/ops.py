@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.api.openai import RUNTIME
+from gateway.api.context import RUNTIME
 from gateway.errors import error_body
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.api.openai import RUNTIME
+from gateway.api.context import RUNTIME
 from gateway.outliers import OutlierState
 from gateway.state.load import LoadTotals
 

@@ -63,3 +63,19 @@ class Keys:
         """Hash of a backend's lease id -> weight ("kv context tpot_us"). Transient: has a
         TTL."""
         return f"{self.tag}:lease:{backend}:weight"
+
+    def quota(self, tenant: str) -> str:
+        """Hash of a tenant's rate-limit buckets (levels and when). Transient: expires once
+        its buckets would be full again."""
+        return f"{self.tag}:tenant:{tenant}:quota"
+
+    def quota_leases(self, tenant: str) -> str:
+        """Sorted set of a tenant's concurrent request leases by expiry. Transient: has a
+        TTL."""
+        return f"{self.tag}:tenant:{tenant}:leases"
+
+    @property
+    def replicas(self) -> str:
+        """Sorted set of gateway replicas by when last seen (rate-limit settlement): how many
+        share the limits when Redis is away. Transient: has a TTL."""
+        return f"{self.tag}:replicas"

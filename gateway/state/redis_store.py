@@ -19,6 +19,7 @@ from redis.exceptions import ClusterDownError, MasterDownError, RedisClusterExce
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.quota import QuotaAsk, QuotaState, Settlement
 from gateway.state.breaker import Breaker
 from gateway.state.keys import SAMPLES_TTL_S, Keys
 from gateway.state.load import AdmissionRule, Grant, LeaseWeight, LoadTotals
@@ -28,8 +29,11 @@ from gateway.state.scripts import (
     PUSH_SAMPLES,
     PUT_CONFIG,
     PUT_KEY,
+    QUOTA_USAGE,
     RELEASE_LEASE,
+    SETTLE_QUOTA,
     SYNC_LEASES,
+    TAKE_QUOTA,
 )
 from gateway.state.store import ModelBlob, StaleVersion, StoreUnavailable, Versioned
 
@@ -56,6 +60,25 @@ _DOWN = (
     MasterDownError,
 )
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def _limit(value: float | None) -> str:
+    return "" if value is None else repr(value)
+
+
+def _quota(values: Sequence[Any], admitted: bool, reason: str, retry_s: float) -> QuotaState:
+    """A quota script's levels (``rl, rr, tl, tr, concurrent``) as a QuotaState."""
+    rl, rr, tl, tr, concurrent = values
+    return QuotaState(
+        admitted,
+        reason or None,
+        retry_s,
+        None if rl == "" else math.floor(float(rl)),
+        float(rr),
+        None if tl == "" else math.floor(float(tl)),
+        float(tr),
+        int(concurrent),
+    )
 
 
 def cluster_url(url: str) -> str | None:
@@ -114,6 +137,9 @@ class RedisStore:
         self._release = self._redis.register_script(RELEASE_LEASE)
         self._push = self._redis.register_script(PUSH_SAMPLES)
         self._put_key = self._redis.register_script(PUT_KEY)
+        self._take_quota = self._redis.register_script(TAKE_QUOTA)
+        self._settle_quota = self._redis.register_script(SETTLE_QUOTA)
+        self._quota_usage = self._redis.register_script(QUOTA_USAGE)
         self._epoch = ""  # the store epoch last seen; "" until the first sync
         self._pubsub: PubSub | None = None
 
@@ -236,6 +262,37 @@ class RedisStore:
         keys = [self.keys.client_keys, self.keys.config_channel]
         await self.breaker.call(lambda: self._put_key(keys=keys, args=[key_id, record]))
         await self._replicated(self.keys.client_keys)
+
+    def _quota_keys(self, tenant: str) -> list[str]:
+        return [self.keys.quota(tenant), self.keys.quota_leases(tenant)]
+
+    async def take_quota(self, tenant: str, ask: QuotaAsk, lease: str, ttl_s: float) -> QuotaState:
+        args: list[str | int] = [_limit(ask.rps), _limit(ask.tpm), _limit(ask.concurrent)]
+        args += [ask.prompt_tokens, ask.reserve(), lease, repr(ttl_s)]
+        keys = self._quota_keys(tenant)
+        answer = await self.breaker.call(lambda: self._take_quota(keys=keys, args=args))
+        return _quota(answer[3:], bool(int(answer[0])), str(answer[1]), float(answer[2]))
+
+    async def settle_quota(
+        self,
+        replica: str,
+        settlements: Sequence[Settlement],
+        lease_ttl_s: float,
+        replica_ttl_s: float,
+    ) -> int:
+        keys = [self.keys.replicas]
+        args: list[str | int] = [replica, repr(lease_ttl_s), repr(replica_ttl_s)]
+        for entry in settlements:
+            keys += self._quota_keys(entry.tenant)
+            args += [_limit(entry.tpm), entry.refund, " ".join(entry.ended)]
+            args.append(" ".join(entry.renewed))
+        return int(await self.breaker.call(lambda: self._settle_quota(keys=keys, args=args)))
+
+    async def quota_usage(self, tenant: str, ask: QuotaAsk) -> QuotaState:
+        keys = self._quota_keys(tenant)
+        args = [_limit(ask.rps), _limit(ask.tpm)]
+        answer = await self.breaker.call(lambda: self._quota_usage(keys=keys, args=args))
+        return _quota(answer, True, "", 0.0)
 
     async def wait_for_change(self, timeout_s: float) -> None:
         if self.breaker.open:

@@ -166,3 +166,149 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('PUBLISH', KEYS[2], 'keys')
 return 1
 """
+
+# A tenant's rate-limit buckets (gateway/quota.py, which this mirrors), on the server's clock
+# in seconds. KEYS[1]: the tenant's bucket hash (rl, rt: requests level and when; tl, tt:
+# tokens). KEYS[2]: its sorted set of concurrent leases by expiry. Absent fields are full
+# buckets: each hash expires once both buckets would be full again.
+_QUOTA_LIB = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local function refill(v, at, cap, rate)
+  if not v then return cap end
+  return math.min(cap, tonumber(v) + math.max(0, now - tonumber(at)) * rate)
+end
+local function num(x) return string.format('%.17g', x) end
+local function keep_until_full(key, seconds)
+  local left = redis.call('PTTL', key)
+  local want = math.ceil(seconds * 1000) + 1000
+  if left < want then redis.call('PEXPIRE', key, want) end
+end
+local function fmt(rl, rr, tl, tr, conc)
+  local out = {}
+  if rl then out[1], out[2] = num(rl), num(rr) else out[1], out[2] = '', '0' end
+  if tl then out[3], out[4] = num(tl), num(tr) else out[3], out[4] = '', '0' end
+  out[5] = conc
+  return out
+end
+"""
+
+# Admit one request against its tenant's limits, taking a request, its token reservation and
+# a concurrent lease at once, or nothing.
+# ARGV: 1 requests/s, 2 tokens/min, 3 max concurrent ('' for each limit not set), 4 prompt
+#   tokens, 5 tokens to reserve, 6 lease id, 7 lease ttl s.
+# Returns {admitted, reason ('' or requests|tokens|concurrent|too_large), retry s, requests
+#   level, its seconds to full, tokens level, its seconds to full, concurrent} (levels '' for
+#   a limit not set).
+TAKE_QUOTA = (
+    _QUOTA_LIB
+    + """
+local rps, tpm, cmax = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local prompt, need, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[7])
+local h = redis.call('HMGET', KEYS[1], 'rl', 'rt', 'tl', 'tt')
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local conc = redis.call('ZCARD', KEYS[2])
+local rank = {too_large = 1, concurrent = 2, requests = 3, tokens = 4}
+local reason, wait = '', 0
+local function refuse(r, w)
+  if reason == '' or rank[r] < rank[reason] then reason = r end
+  if w > wait then wait = w end
+end
+local rl, tl, rcap
+if rps then
+  rcap = math.max(rps, 1)
+  rl = refill(h[1], h[2], rcap, rps)
+  if rl < 1 then refuse('requests', (1 - rl) / rps) end
+end
+if tpm then
+  tl = refill(h[3], h[4], tpm, tpm / 60)
+  if prompt > tpm then refuse('too_large', 0)
+  elseif tl < need then refuse('tokens', (need - tl) / (tpm / 60)) end
+end
+if cmax and conc >= cmax then refuse('concurrent', 1) end
+local ok = reason == ''
+if ok then
+  if rl then
+    rl = rl - 1
+    redis.call('HSET', KEYS[1], 'rl', num(rl), 'rt', num(now))
+    keep_until_full(KEYS[1], (rcap - rl) / rps)
+  end
+  if tl then
+    tl = tl - need
+    redis.call('HSET', KEYS[1], 'tl', num(tl), 'tt', num(now))
+    keep_until_full(KEYS[1], (tpm - tl) / (tpm / 60))
+  end
+  if cmax then
+    redis.call('ZADD', KEYS[2], now + ttl, ARGV[6])
+    redis.call('PEXPIRE', KEYS[2], math.ceil(ttl * 2000))
+    conc = conc + 1
+  end
+end
+if reason == 'too_large' then wait = 0 end
+local rr, tr = 0, 0
+if rl then rr = math.max(0, (rcap - rl) / rps) end
+if tl then tr = math.max(0, (tpm - tl) / (tpm / 60)) end
+local out = fmt(rl, rr, tl, tr, conc)
+return {ok and 1 or 0, reason, num(wait), out[1], out[2], out[3], out[4], out[5]}
+"""
+)
+
+# A tenant's buckets now, taking nothing. ARGV: 1 requests/s, 2 tokens/min ('' if not set).
+# Returns {requests level, its seconds to full, tokens level, its seconds to full, concurrent}.
+QUOTA_USAGE = (
+    _QUOTA_LIB
+    + """
+local rps, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
+local h = redis.call('HMGET', KEYS[1], 'rl', 'rt', 'tl', 'tt')
+local conc = redis.call('ZCOUNT', KEYS[2], '(' .. num(now), '+inf')
+local rl, tl, rr, tr = nil, nil, 0, 0
+if rps then
+  rl = refill(h[1], h[2], math.max(rps, 1), rps)
+  rr = math.max(0, (math.max(rps, 1) - rl) / rps)
+end
+if tpm then
+  tl = refill(h[3], h[4], tpm, tpm / 60)
+  tr = math.max(0, (tpm - tl) / (tpm / 60))
+end
+return fmt(rl, rr, tl, tr, conc)
+"""
+)
+
+# One replica's settlements since its last call, and the renewal of its concurrent leases.
+# KEYS[1]: the sorted set of replicas by when last seen; then per tenant its bucket hash and
+#   lease set. ARGV: 1 replica id, 2 lease ttl s, 3 replica ttl s; then per tenant 4 values:
+#   tokens/min ('' if not set), tokens to give back (negative: owed), lease ids ended and
+#   lease ids to renew (each space-separated).
+# Returns how many replicas were seen within the replica ttl, this one included.
+SETTLE_QUOTA = (
+    _QUOTA_LIB
+    + """
+local ttl, replica_ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+for i = 1, (#KEYS - 1) / 2 do
+  local quota, leases = KEYS[2 * i], KEYS[2 * i + 1]
+  local base = 3 + 4 * (i - 1)
+  local tpm, refund = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
+  for id in string.gmatch(ARGV[base + 3], '%S+') do redis.call('ZREM', leases, id) end
+  local renewed = false
+  for id in string.gmatch(ARGV[base + 4], '%S+') do
+    redis.call('ZADD', leases, 'XX', now + ttl, id)
+    renewed = true
+  end
+  if renewed then redis.call('PEXPIRE', leases, math.ceil(ttl * 2000)) end
+  if tpm and refund ~= 0 then
+    local h = redis.call('HMGET', quota, 'tl', 'tt')
+    local tl = math.min(tpm, refill(h[1], h[2], tpm, tpm / 60) + refund)
+    if tl < tpm then
+      redis.call('HSET', quota, 'tl', num(tl), 'tt', num(now))
+      keep_until_full(quota, (tpm - tl) / (tpm / 60))
+    else
+      redis.call('HDEL', quota, 'tl', 'tt')
+    end
+  end
+end
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - replica_ttl)
+redis.call('PEXPIRE', KEYS[1], math.ceil(replica_ttl * 2000))
+return redis.call('ZCARD', KEYS[1])
+"""
+)

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.quota import QuotaAsk, QuotaState, Settlement
 from gateway.state.load import AdmissionRule, Grant, LeaseWeight, LoadTotals
 
 
@@ -99,3 +100,28 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class QuotaStore(Protocol):
+    """Tenants' rate limits shared by every replica (``gateway.quota`` gives the arithmetic)."""
+
+    async def take_quota(self, tenant: str, ask: QuotaAsk, lease: str, ttl_s: float) -> QuotaState:
+        """Admit one request against ``tenant``'s limits, atomically: take a request, its
+        token reservation and (with a concurrency limit) a lease lapsing after ``ttl_s``
+        unless renewed; or take nothing."""
+        ...
+
+    async def settle_quota(
+        self,
+        replica: str,
+        settlements: Sequence[Settlement],
+        lease_ttl_s: float,
+        replica_ttl_s: float,
+    ) -> int:
+        """Apply one replica's settlements in one call; return how many replicas were seen
+        within ``replica_ttl_s``."""
+        ...
+
+    async def quota_usage(self, tenant: str, ask: QuotaAsk) -> QuotaState:
+        """``tenant``'s buckets now, taking nothing."""
+        ...
