@@ -28,7 +28,12 @@ MODEL = "overhead-model"
 
 
 async def one(
-    http: aiohttp.ClientSession, url: str, *, stream: bool, tokens: int
+    http: aiohttp.ClientSession,
+    url: str,
+    *,
+    stream: bool,
+    tokens: int,
+    headers: dict[str, str] | None = None,
 ) -> tuple[float, float]:
     """(time to first body byte, time to last byte) of one completion request."""
     body = {
@@ -39,7 +44,7 @@ async def one(
         "stream": stream,
     }
     start = time.perf_counter()
-    async with http.post(url + "/v1/completions", json=body) as response:
+    async with http.post(url + "/v1/completions", json=body, headers=headers) as response:
         first = await response.content.readany()
         ttfb = time.perf_counter() - start
         if response.status != 200:

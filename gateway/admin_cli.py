@@ -103,6 +103,30 @@ def add_commands(commands: Any) -> None:
     revoke = keys.add_parser("revoke", help="revoke a key on every replica")
     revoke.add_argument("id")
 
+    tenants = groups.add_parser(
+        "tenants", help="tenants: entitlements, limits, weight, usage and share"
+    ).add_subparsers(dest="action", required=True)
+    tenants.add_parser("list", help="every tenant's entry, usage against limits, and share")
+    tenants.add_parser("show").add_argument("name")
+    set_tenant = tenants.add_parser(
+        "set", help="create or replace a tenant's entry (options over --file's fields)"
+    )
+    set_tenant.add_argument("name")
+    set_tenant.add_argument("--file", type=Path, help="the entry as YAML or JSON")
+    set_tenant.add_argument("--weight", type=float)
+    set_tenant.add_argument("--requests-per-second", type=float)
+    set_tenant.add_argument("--tokens-per-minute", type=int)
+    set_tenant.add_argument("--max-concurrent", type=int)
+    set_tenant.add_argument("--models", nargs="+")
+    set_tenant.add_argument("--classes", nargs="+")
+    set_tenant.add_argument("--default-class")
+    set_tenant.add_argument("--min-ttft-ms", type=float)
+    set_tenant.add_argument("--min-tpot-ms", type=float)
+    set_tenant.add_argument("--on-excess", choices=["refuse", "clamp"])
+    tenants.add_parser("remove", help="drop a tenant's entry (its keys stay)").add_argument(
+        "name"
+    )
+
     groups.add_parser("stats", help="queues, backends, latency models")
     predictor = groups.add_parser("predictor", help="the length model").add_subparsers(
         dest="action", required=True
@@ -132,15 +156,34 @@ def _backend_fields(args: argparse.Namespace) -> dict[str, Any]:
     return fields
 
 
+def _read(path: Path) -> Any:
+    text = path.read_text(encoding="utf-8")
+    return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+
+
+def _tenant_entry(args: argparse.Namespace) -> dict[str, Any]:
+    entry: dict[str, Any] = dict(_read(args.file) or {}) if args.file else {}
+    for field in ("weight", "models", "classes", "default_class", "min_ttft_ms", "min_tpot_ms"):
+        if getattr(args, field) is not None:
+            entry[field] = getattr(args, field)
+    if args.on_excess is not None:
+        entry["on_excess"] = args.on_excess
+    limits = dict(entry.get("limits") or {})
+    for field in ("requests_per_second", "tokens_per_minute", "max_concurrent"):
+        if getattr(args, field) is not None:
+            limits[field] = getattr(args, field)
+    if limits:
+        entry["limits"] = limits
+    return entry
+
+
 def _request(args: argparse.Namespace) -> tuple[str, str, Any, dict[str, str]]:
     """The HTTP call a command makes: method, path, JSON body, extra headers."""
     group, action = args.group, getattr(args, "action", None)
     if group == "config":
         if action == "get":
             return "GET", "/admin/config", None, {}
-        text = args.file.read_text(encoding="utf-8")
-        body = json.loads(text) if args.file.suffix == ".json" else yaml.safe_load(text)
-        return "PUT", "/admin/config", body, {"If-Match": args.if_match}
+        return "PUT", "/admin/config", _read(args.file), {"If-Match": args.if_match}
     if group == "backends":
         if action == "list":
             return "GET", "/admin/backends", None, {}
@@ -182,6 +225,15 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Any, dict[str, str]]:
         if action == "rotate":
             return "POST", f"/admin/keys/{args.id}/rotate", {"grace_s": args.grace_s}, {}
         return "DELETE", f"/admin/keys/{args.id}", None, {}
+    if group == "tenants":
+        if action == "list":
+            return "GET", "/admin/tenants", None, {}
+        path = f"/admin/tenants/{args.name}"
+        if action == "show":
+            return "GET", path, None, {}
+        if action == "remove":
+            return "DELETE", path, None, {}
+        return "PUT", path, _tenant_entry(args), {}
     if group == "predictor":
         if action == "info":
             return "GET", "/admin/predictor", None, {}

@@ -119,6 +119,12 @@ class BackendExists(SluiceError):
     code = "backend_exists"
 
 
+class TenantNotFound(SluiceError):
+    status = 404
+    error_type = "invalid_request_error"
+    code = "tenant_not_found"
+
+
 class ClassNotFound(SluiceError):
     status = 404
     error_type = "invalid_request_error"

@@ -12,9 +12,12 @@ from prometheus_client.registry import Collector
 
 from gateway.config import GatewayConfig
 from gateway.fleet import Fleet
+from gateway.limiter import TenantLimiter
 from gateway.records import RequestRecord
 from gateway.scaling import PoolState
+from gateway.scheduling.fairness import FairShare
 from gateway.state.breaker import Breaker
+from gateway.tenant_metrics import TenantMetrics
 
 _LATENCY_BUCKETS = (
     0.005,
@@ -290,6 +293,17 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.registry.register(_FleetCollector(fleet, queue_depths))
+        self.tenants: TenantMetrics | None = None
+
+    def watch_tenants(
+        self,
+        config: Callable[[], GatewayConfig],
+        limiter: Callable[[], TenantLimiter],
+        fair: Callable[[], FairShare | None],
+        clock: Callable[[], float],
+    ) -> None:
+        self.tenants = TenantMetrics(self.registry, config)
+        self.tenants.watch(self.registry, limiter, fair, clock)
 
     def watch_pools(
         self,
@@ -305,6 +319,8 @@ class GatewayMetrics:
         self.registry.register(_BreakerCollector(breaker))
 
     def observe(self, record: RequestRecord) -> None:
+        if self.tenants is not None:
+            self.tenants.observe(record)
         labels = (record.model, record.slo.class_name)
         self.requests.labels(*labels, record.outcome).inc()
         if record.queue_s is not None:

@@ -97,6 +97,11 @@ class Proxy:
         self._sharing = sharing
         self._clock = clock
 
+    def refused(self, record: RequestRecord, exc: SluiceError, reason: str) -> None:
+        """A request refused before it reached the queue (a tenant's rate limit)."""
+        record.status, record.outcome, record.reject_reason = exc.status, "rejected", reason
+        self._finish(record)
+
     async def generate(
         self, request: web.Request, call: GenerationCall, record: RequestRecord
     ) -> web.StreamResponse:

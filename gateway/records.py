@@ -36,6 +36,16 @@ class RequestRecord:
     tenant: str | None = None  # the client key's tenant, when keys are in use
 
     @property
+    def served_prompt_tokens(self) -> int:
+        """Prompt tokens it was served with: the backend's usage figure where it gave one,
+        else the estimate; none if it was never sent."""
+        if self.dispatch is None:
+            return 0
+        if self.prompt_tokens is not None:
+            return self.prompt_tokens
+        return self.estimate.prompt_tokens if self.estimate is not None else 0
+
+    @property
     def tokens(self) -> int:
         """Output tokens: the usage figure when the backend gave one, else chunks counted."""
         return (

@@ -8,7 +8,14 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.api import admin_config, admin_keys, admin_pools, admin_predictor, openapi
+from gateway.api import (
+    admin_config,
+    admin_keys,
+    admin_pools,
+    admin_predictor,
+    admin_tenants,
+    openapi,
+)
 from gateway.api.context import RUNTIME
 from gateway.api.stats import stats
 from gateway.errors import AdminDisabled, Unauthorized
@@ -39,6 +46,7 @@ ROUTES: list[tuple[str, str, Any]] = [
     *admin_config.ROUTES,
     *admin_pools.ROUTES,
     *admin_keys.ROUTES,
+    *admin_tenants.ROUTES,
     ("GET", "/admin/stats", stats),
     *admin_predictor.ROUTES,
 ]

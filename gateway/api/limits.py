@@ -41,14 +41,8 @@ async def check_limits(
 
 
 def used_tokens(record: RequestRecord) -> int:
-    """Prompt and reply tokens a request used: the backend's usage figures where it gave
-    them, else the estimate and the chunks counted; nothing if it was never sent."""
-    if record.dispatch is None:
-        return 0
-    prompt = record.prompt_tokens
-    if prompt is None:
-        prompt = record.estimate.prompt_tokens if record.estimate is not None else 0
-    return prompt + record.tokens
+    """Prompt and reply tokens a request used (none if it was never sent)."""
+    return record.served_prompt_tokens + record.tokens
 
 
 async def add_rate_headers(request: web.Request, response: web.StreamResponse) -> None:

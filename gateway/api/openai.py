@@ -25,6 +25,7 @@ from gateway.errors import (
     MethodNotAllowed,
     ModelNotFound,
     NoBackendAvailable,
+    RateLimited,
     RouteNotFound,
     UpstreamError,
     UpstreamTimeout,
@@ -103,7 +104,6 @@ def _generation(endpoint: str, *, chat: bool) -> Any:
         )
         expected = estimate(body, services.lengths, config.scheduler.output_quantile)
         check_context(services.fleet, model, expected, generation.max_tokens)
-        hold = None if granted is None else await check_limits(request, runtime, *granted, expected)
         record = RequestRecord(
             id=request_id(request),
             model=model,
@@ -114,6 +114,13 @@ def _generation(endpoint: str, *, chat: bool) -> Any:
             estimate=expected,
             tenant=tenant,
         )
+        hold = None
+        if granted is not None:
+            try:
+                hold = await check_limits(request, runtime, *granted, expected)
+            except RateLimited as exc:
+                services.proxy.refused(record, exc, f"rate_limit_{exc.reason}")
+                raise
         call = GenerationCall(endpoint=endpoint, body=body, wants_usage=generation.wants_usage)
         try:
             return await services.proxy.generate(request, call, record)

@@ -15,7 +15,7 @@ from pydantic.json_schema import models_json_schema
 
 from gateway.api.admin_config import BackendPatch
 from gateway.api.admin_keys import NewKey, Rotation
-from gateway.config import BackendConfig, GatewayConfig, PoolConfig, SloClass
+from gateway.config import BackendConfig, GatewayConfig, PoolConfig, SloClass, TenantConfig
 
 _REF = "#/components/schemas/{model}"
 
@@ -143,6 +143,27 @@ _OPERATIONS: dict[tuple[str, str], tuple[str, dict[str, Any] | None, dict[int, s
         None,
         {200: "Revoked", 404: "No such key", 503: "Shared state away"},
     ),
+    ("get", "/admin/tenants"): (
+        "Tenants (with an entry, a key, or requests here): entry, usage against its limits, "
+        "share of the fleet received against its fair share",
+        None,
+        {200: "Tenants"},
+    ),
+    ("get", "/admin/tenants/{name}"): (
+        "One tenant's entry, usage and share",
+        None,
+        {200: "The tenant", 404: "No such tenant"},
+    ),
+    ("put", "/admin/tenants/{name}"): (
+        "Create or replace a tenant's entitlements, limits and weight",
+        _schema(TenantConfig),
+        {200: "Replaced", 201: "Created", 400: "Invalid tenant", 503: "Shared state away"},
+    ),
+    ("delete", "/admin/tenants/{name}"): (
+        "Drop a tenant's entry: its keys stay, its requests are no longer restricted",
+        None,
+        {200: "Removed", 404: "No entry for that tenant", 503: "Shared state away"},
+    ),
     ("get", "/admin/openapi.json"): ("This document", None, {200: "OpenAPI 3.1"}),
 }
 
@@ -204,6 +225,7 @@ def document() -> dict[str, Any]:
                 PoolConfig,
                 NewKey,
                 Rotation,
+                TenantConfig,
             )
         ],
         ref_template=_REF,

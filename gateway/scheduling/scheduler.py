@@ -114,6 +114,12 @@ class Scheduler:
     def queue_depths(self) -> Counter[str]:
         return Counter(ticket.demand.model for ticket in self._waiting.values())
 
+    def tenant_load(self) -> tuple[Counter[str | None], Counter[str | None]]:
+        """Per tenant, its requests waiting here and in flight from here."""
+        waiting = Counter(ticket.demand.tenant for ticket in self._waiting.values())
+        in_flight = Counter(r.tenant for b in self._fleet for r in b.inflight.values())
+        return waiting, in_flight
+
     async def acquire(
         self, demand: Demand, *, timeout_s: float, excluded: Collection[str] = ()
     ) -> Lease:

@@ -142,6 +142,7 @@ async def test_limits_are_shared_by_replicas_and_kept_when_redis_goes(
             "redis_prefix": f"l-{uuid.uuid4().hex[:8]}",
             "config_poll_s": 0.2,
             "redis_timeout_s": 0.5,
+            "shutdown_grace_s": 2.0,  # Redis is gone by teardown: nothing to wait for
         }
         # A bucket of one request, refilled once every 100 s.
         limits = _tenant(requests_per_second=0.01, max_concurrent=5)
