@@ -239,6 +239,61 @@ def build() -> dashboard.Dashboard:
                 ],
             )
         )
+        .with_row(dashboard.Row("Tenants"))
+        .with_panel(
+            _series(
+                "Goodput and refusals per tenant",
+                "reqps",
+                [
+                    _query(
+                        f"sum by (tenant) (rate(sluice_tenant_requests_good_total{RATE}))",
+                        "good {{tenant}}",
+                    ),
+                    _query(
+                        f"sum by (tenant) (rate(sluice_tenant_rejected_total{RATE}))",
+                        "refused {{tenant}}",
+                        "B",
+                    ),
+                ],
+            )
+        )
+        .with_panel(
+            _series(
+                "Refusals per tenant, by reason (rate limits, SLO guards)",
+                "reqps",
+                [
+                    _query(
+                        f"sum by (tenant, reason) (rate(sluice_tenant_rejected_total{RATE}))",
+                        "{{tenant}} {{reason}}",
+                    )
+                ],
+            )
+        )
+        .with_panel(
+            _series(
+                "Tokens per tenant",
+                "short",
+                [
+                    _query(
+                        f"sum by (tenant, kind) (rate(sluice_tenant_tokens_total{RATE}))",
+                        "{{tenant}} {{kind}}",
+                    )
+                ],
+            )
+        )
+        .with_panel(
+            _series(
+                "Rate-limit headroom and fair-share service",
+                "short",
+                [
+                    _query(
+                        "min by (tenant, limit) (sluice_tenant_limit_remaining)",
+                        "{{tenant}} {{limit}} left",
+                    ),
+                    _query("max by (tenant) (sluice_tenant_service)", "{{tenant}} service", "B"),
+                ],
+            )
+        )
         .with_row(dashboard.Row("Pools and shared state"))
         .with_panel(
             _series(

@@ -101,9 +101,7 @@ async def test_tokens_are_settled_with_what_the_reply_used(
     # A prompt bigger than a minute's tokens is refused for good: no Retry-After.
     small = await make_gateway([await make_sim()], tenants=_tenant(tokens_per_minute=50))
     small_key = await _key(http, small, "acme")
-    status, body_, headers = await _post(
-        http, small, small_key, {**BODY, "prompt": "word " * 400}
-    )
+    status, body_, headers = await _post(http, small, small_key, {**BODY, "prompt": "word " * 400})
     assert (status, body_["error"]["code"], body_["error"]["type"]) == (
         429,
         "request_too_large",

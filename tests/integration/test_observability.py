@@ -58,16 +58,21 @@ async def test_every_metric_and_label_queried_is_exported(
     make_sim: SimFactory, make_gateway: GatewayFactory, http: aiohttp.ClientSession, redis_url: str
 ) -> None:
     sim = await make_sim()
+    # A tenant with limits, so that its series exist too.
+    tenants = {"acme": {"weight": 2, "limits": {"requests_per_second": 100, "max_concurrent": 9}}}
     gateway = await make_gateway(
-        [sim], settings={"redis_url": redis_url, "redis_prefix": "observability"}
+        [sim], settings={"redis_url": redis_url, "redis_prefix": "observability"}, tenants=tenants
     )
+    async with http.post(gateway.url + "/admin/keys", json={"tenant": "acme"}) as response:
+        key = (await response.json())["key"]
+    auth = {"Authorization": f"Bearer {key}"}
     body = {"model": MODEL, "prompt": "p", "max_tokens": 3, "ignore_eos": True}
     async with http.post(
-        gateway.url + "/v1/completions", json={**body, "stream": True}
+        gateway.url + "/v1/completions", json={**body, "stream": True}, headers=auth
     ) as response:
         assert response.status == 200
         await response.read()
-    refused = {"x-slo-ttft-ms": "0.01"}
+    refused = {"x-slo-ttft-ms": "0.01", **auth}
     async with http.post(gateway.url + "/v1/completions", json=body, headers=refused) as response:
         assert response.status == 429
     async with http.get(gateway.url + "/metrics") as response:

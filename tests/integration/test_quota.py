@@ -22,9 +22,7 @@ class BookStore:
     def __init__(self) -> None:
         self.book = QuotaBook()
 
-    async def take_quota(
-        self, tenant: str, ask: QuotaAsk, lease: str, ttl_s: float
-    ) -> QuotaState:
+    async def take_quota(self, tenant: str, ask: QuotaAsk, lease: str, ttl_s: float) -> QuotaState:
         return self.book.take(tenant, ask, lease, ttl_s)
 
     async def settle_quota(
