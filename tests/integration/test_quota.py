@@ -95,16 +95,19 @@ async def test_tokens_are_reserved_then_settled_with_the_true_count(quotas: Quot
     assert refused.retry_after_s == pytest.approx(10.0, abs=2 * REAL_TIME)
     # A refusal takes nothing.
     usage = await quotas.quota_usage("t", ask(tpm=600))
-    assert usage.tokens_remaining is not None and 200 <= usage.tokens_remaining <= 203
+    assert usage.tokens_remaining is not None
+    assert 200 <= usage.tokens_remaining <= 203
     # The request used 100 of its 400: 300 come back.
     await settle(quotas, Settlement("t", 600, 300))
     usage = await quotas.quota_usage("t", ask(tpm=600))
-    assert usage.tokens_remaining is not None and 500 <= usage.tokens_remaining <= 503
+    assert usage.tokens_remaining is not None
+    assert 500 <= usage.tokens_remaining <= 503
     # One that used more than it reserved leaves the bucket owing.
     assert (await quotas.take_quota("t", ask(tpm=600, tokens=500), "l3", 30)).admitted
     await settle(quotas, Settlement("t", 600, -400))
     usage = await quotas.quota_usage("t", ask(tpm=600))
-    assert usage.tokens_remaining is not None and -400 <= usage.tokens_remaining <= -395
+    assert usage.tokens_remaining is not None
+    assert -400 <= usage.tokens_remaining <= -395
 
 
 async def test_a_claim_beyond_the_bucket_waits_for_a_full_one(quotas: QuotaStore) -> None:
