@@ -123,9 +123,7 @@ def add_commands(commands: Any) -> None:
     set_tenant.add_argument("--min-ttft-ms", type=float)
     set_tenant.add_argument("--min-tpot-ms", type=float)
     set_tenant.add_argument("--on-excess", choices=["refuse", "clamp"])
-    tenants.add_parser("remove", help="drop a tenant's entry (its keys stay)").add_argument(
-        "name"
-    )
+    tenants.add_parser("remove", help="drop a tenant's entry (its keys stay)").add_argument("name")
 
     groups.add_parser("stats", help="queues, backends, latency models")
     predictor = groups.add_parser("predictor", help="the length model").add_subparsers(
