@@ -53,6 +53,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--slowdown", type=float, default=1.0, help="multiply every step time (2 = half speed)"
     )
+    parser.add_argument(
+        "--no-enable-prefix-caching",
+        dest="prefix_caching",
+        action="store_false",
+        help="like vLLM's flag: no automatic prefix caching (on by default, as in vLLM V1)",
+    )
+    parser.add_argument(
+        "--enable-prompt-tokens-details",
+        action="store_true",
+        help="like vLLM's flag: usage.prompt_tokens_details.cached_tokens in replies",
+    )
     parser.add_argument("--max-model-len", type=int, default=None, help="default: profile's")
     parser.add_argument(
         "--max-num-seqs", type=int, default=None, help="like vLLM's flag; default: profile's"
@@ -86,6 +97,8 @@ async def _run(args: argparse.Namespace) -> None:
         distribution=LengthDistribution(args.output_dist, args.mean_output_tokens),
         priority_scheduling=args.priority_scheduling,
         max_queued=args.max_queued,
+        prefix_caching=args.prefix_caching,
+        prompt_tokens_details=args.enable_prompt_tokens_details,
     )
     # One JSON line, so that a parent process learns the ports.
     print(

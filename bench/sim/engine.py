@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bench.sim.prefix_cache import PrefixCache
 from bench.sim.profiles import Profile
 
 FINISHED = -1
@@ -46,6 +47,9 @@ class SimRequest:
     finish_reason: str = "length"
     token_times: list[float] = field(default_factory=list)
     tokens: asyncio.Queue[int] | None = None
+    block_hashes: tuple[int, ...] = ()  # the prompt's full blocks, chained (prefix_cache)
+    held: tuple[int, ...] = ()  # cached blocks it shares, from admission until it leaves
+    cached_tokens: int = 0  # prompt tokens its first admission found cached
 
     @property
     def context(self) -> int:
@@ -65,6 +69,8 @@ class EngineCounters:
     rejected: int = 0
     preemptions: int = 0
     steps: int = 0
+    prefix_queries: int = 0  # prompt tokens looked up in the prefix cache
+    prefix_hits: int = 0  # of those, found cached
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +98,10 @@ class Engine:
         clock: Callable[[], float] = time.monotonic,
         on_token: TokenHook | None = None,
         on_finish: TokenHook | None = None,
+        prefix_caching: bool = True,
     ) -> None:
         self.profile = profile
+        self.cache = PrefixCache() if prefix_caching else None
         self.priority_scheduling = priority_scheduling
         self.max_queued = max_queued
         self.clock = clock
@@ -116,6 +124,7 @@ class Engine:
         *,
         stream: bool = True,
         now: float | None = None,
+        block_hashes: tuple[int, ...] = (),
     ) -> SimRequest:
         if self.max_queued is not None and len(self.waiting) >= self.max_queued:
             self.counters.rejected += 1
@@ -129,6 +138,7 @@ class Engine:
             arrival=self.clock() if now is None else now,
             prefill_target=prompt,
             tokens=asyncio.Queue() if stream else None,
+            block_hashes=block_hashes,
         )
         self.waiting.append(request)
         self._wake.set()
@@ -141,6 +151,7 @@ class Engine:
         self.counters.aborted += 1
         if request in self.running:
             self.running.remove(request)
+            self._uncache(request)
         elif request in self.waiting:
             self.waiting.remove(request)
 
@@ -150,10 +161,49 @@ class Engine:
         return math.ceil(tokens / self.profile.block_size)
 
     def _reserved(self, request: SimRequest) -> int:
-        return self._blocks(max(request.computed, request.prefill_target))
+        """Blocks of its own (those it shares from the prefix cache are counted there)."""
+        return self._blocks(max(request.computed, request.prefill_target)) - len(request.held)
+
+    def _free_blocks(self) -> int:
+        shared = self.cache.in_use if self.cache is not None else 0
+        return self.profile.kv_blocks - sum(self._reserved(r) for r in self.running) - shared
 
     def kv_blocks_used(self) -> int:
-        return sum(self._blocks(r.computed) for r in self.running)
+        shared = self.cache.in_use if self.cache is not None else 0
+        return sum(self._blocks(r.computed) - len(r.held) for r in self.running) + shared
+
+    def _cached_prefix(self, request: SimRequest) -> None:
+        """On admission: the longest run of its prompt's blocks already cached is shared, not
+        computed (at least one token is always computed, as vLLM recomputes the last)."""
+        cache = self.cache
+        if cache is None or request.computed or not request.block_hashes:
+            return
+        usable = min(
+            len(request.block_hashes), (request.prompt_tokens - 1) // self.profile.block_size
+        )
+        hit = cache.match(request.block_hashes[:usable])
+        if hit:
+            request.held = request.block_hashes[:hit]
+            cache.acquire(request.held)
+            request.computed = hit * self.profile.block_size
+        if request.preemptions == 0:
+            request.cached_tokens = hit * self.profile.block_size
+
+    def _uncache(self, request: SimRequest) -> None:
+        """It left the running set: its blocks go back to the cache, free, to be reused."""
+        cache = self.cache
+        if cache is None:
+            return
+        done = min(request.computed, request.prompt_tokens) // self.profile.block_size
+        cache.release(request.held, request.block_hashes[len(request.held) : done])
+        request.held = ()
+        self._fit_cache()
+
+    def _fit_cache(self) -> None:
+        """Evict free cached blocks that no longer fit beside those in use."""
+        cache = self.cache
+        if cache is not None:
+            cache.evict(cache.free - max(0, self._free_blocks()))
 
     @property
     def kv_usage(self) -> float:
@@ -164,16 +214,22 @@ class Engine:
     def _admit(self, now: float) -> None:
         if self.priority_scheduling and len(self.waiting) > 1:
             self.waiting = deque(sorted(self.waiting, key=lambda r: (r.priority, r.arrival)))
-        free = self.profile.kv_blocks - sum(self._reserved(r) for r in self.running)
         while self.waiting and len(self.running) < self.profile.max_num_seqs:
-            need = self._blocks(self.waiting[0].prefill_target + 1)
-            if need > free:
+            head = self.waiting[0]
+            self._cached_prefix(head)
+            need = self._blocks(head.prefill_target + 1) - len(head.held)
+            if need > self._free_blocks():
+                self._uncache(head)
+                head.computed = 0
                 break
-            free -= need
             request = self.waiting.popleft()
             if request.scheduled_at is None:
                 request.scheduled_at = now
+            if self.cache is not None and request.block_hashes:
+                self.counters.prefix_queries += request.prompt_tokens
+                self.counters.prefix_hits += len(request.held) * self.profile.block_size
             self.running.append(request)
+            self._fit_cache()
 
     def _victim(self) -> SimRequest:
         if self.priority_scheduling:
@@ -182,6 +238,7 @@ class Engine:
 
     def _preempt(self, request: SimRequest) -> None:
         self.running.remove(request)
+        self._uncache(request)
         request.computed = 0
         request.prefill_target = request.context
         request.preemptions += 1
@@ -192,8 +249,7 @@ class Engine:
         while self.running:
             decodes = [r for r in self.running if not r.prefilling]
             growth = sum(self._blocks(r.computed + 1) - self._blocks(r.computed) for r in decodes)
-            free = self.profile.kv_blocks - sum(self._reserved(r) for r in self.running)
-            if growth <= free:
+            if growth <= self._free_blocks():
                 return
             self._preempt(self._victim())
 
@@ -255,6 +311,7 @@ class Engine:
             request.finished_at = now
             self.counters.finished += 1
             self.running.remove(request)
+            self._uncache(request)
             if request.tokens is not None:
                 request.tokens.put_nowait(FINISHED)
             if self.on_finish is not None:

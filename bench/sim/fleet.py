@@ -48,6 +48,8 @@ async def start_fleet(
     distribution: LengthDistribution | None = None,
     priority_scheduling: bool = False,
     max_queued: int | None = None,
+    prefix_caching: bool = True,
+    prompt_tokens_details: bool = False,
 ) -> list[RunningSim]:
     """One server per profile, seeded apart; ports base_port, base_port+1, ... (0: free ports).
 
@@ -62,6 +64,8 @@ async def start_fleet(
             distribution=distribution,
             priority_scheduling=priority_scheduling,
             max_queued=max_queued,
+            prefix_caching=prefix_caching,
+            prompt_tokens_details=prompt_tokens_details,
         )
         port = base_port + index if base_port else 0
         running.append(await start_sim(server, host, port))

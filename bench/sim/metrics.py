@@ -152,7 +152,15 @@ class VllmMetrics:
         self.decode = histogram("vllm:request_decode_time_seconds", "Decode phase time", _E2E)
         self._labels = tuple(labels.values())
         self._model = model
-        self._seen = {"prompt": 0, "generation": 0, "preemptions": 0, "rejected": 0, "aborted": 0}
+        self._seen = {
+            "prompt": 0,
+            "generation": 0,
+            "preemptions": 0,
+            "rejected": 0,
+            "aborted": 0,
+            "prefix_queries": 0,
+            "prefix_hits": 0,
+        }
 
     def on_token(self, request: SimRequest, now: float) -> None:
         if request.last_token_at is None:
@@ -184,6 +192,8 @@ class VllmMetrics:
             ("prompt", self.prompt_tokens, c.prompt_tokens),
             ("generation", self.generation_tokens, c.generation_tokens),
             ("preemptions", self.preemptions, c.preemptions),
+            ("prefix_queries", self.prefix_queries, c.prefix_queries),
+            ("prefix_hits", self.prefix_hits, c.prefix_hits),
         ):
             counter.labels(*lbl).inc(value - self._seen[key])
             self._seen[key] = value
@@ -193,6 +203,4 @@ class VllmMetrics:
         self._seen["rejected"] = c.rejected
         self.success.labels(*lbl, "abort").inc(c.aborted - self._seen["aborted"])
         self._seen["aborted"] = c.aborted
-        self.prefix_queries.labels(*lbl).inc(0)
-        self.prefix_hits.labels(*lbl).inc(0)
         return generate_latest(self.registry)

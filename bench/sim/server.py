@@ -21,6 +21,7 @@ from aiohttp import web
 from bench.sim.engine import FINISHED, Engine, QueueFull, SimRequest
 from bench.sim.lengths import LengthDistribution, LengthTable
 from bench.sim.metrics import VllmMetrics
+from bench.sim.prefix_cache import block_hashes, token_ids
 from bench.sim.profiles import Profile
 from predictor.features import content_text
 
@@ -79,6 +80,7 @@ class _Parsed:
     output_tokens: int
     priority: int
     finish_reason: str
+    block_hashes: tuple[int, ...] = ()
 
 
 class SimServer:
@@ -92,13 +94,20 @@ class SimServer:
         distribution: LengthDistribution | None = None,
         priority_scheduling: bool = False,
         max_queued: int | None = None,
+        prefix_caching: bool = True,
+        prompt_tokens_details: bool = False,
     ) -> None:
         self.profile = profile
         self.model = model
+        self.prompt_tokens_details = prompt_tokens_details  # vLLM's flag of that name
         self.lengths = lengths or LengthTable()
         self.distribution = distribution or LengthDistribution()
         self.engine = Engine(
-            profile, seed=seed, priority_scheduling=priority_scheduling, max_queued=max_queued
+            profile,
+            seed=seed,
+            priority_scheduling=priority_scheduling,
+            max_queued=max_queued,
+            prefix_caching=prefix_caching,
         )
         self.metrics = VllmMetrics(self.engine, model)
         self.engine.on_token = self.metrics.on_token
@@ -287,6 +296,7 @@ class SimServer:
             max(1, output),
             priority if isinstance(priority, int) else 0,
             "length" if output >= ceiling else "stop",
+            block_hashes(token_ids(text, prompt_tokens), self.profile.block_size),
         )
 
     async def _generate(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
@@ -314,7 +324,12 @@ class SimServer:
         except BadRequest as exc:
             return vllm_error(str(exc), exc.kind, 400, exc.param)
         try:
-            sim = self.engine.submit(parsed.prompt_tokens, parsed.output_tokens, parsed.priority)
+            sim = self.engine.submit(
+                parsed.prompt_tokens,
+                parsed.output_tokens,
+                parsed.priority,
+                block_hashes=parsed.block_hashes,
+            )
             sim.finish_reason = parsed.finish_reason
         except QueueFull:
             return vllm_error("The engine is currently busy.", "ServiceUnavailableError", 503)
@@ -353,9 +368,13 @@ class SimServer:
                 "stop_reason": None,
                 "prompt_logprobs": None,
             }
+        usage = self._usage(sim)
         return web.json_response(
-            {**base, "choices": [choice], "usage": _usage(sim), "prompt_logprobs": None}
+            {**base, "choices": [choice], "usage": usage, "prompt_logprobs": None}
         )
+
+    def _usage(self, sim: SimRequest, generated: int | None = None) -> dict[str, Any]:
+        return _usage(sim, generated, self.prompt_tokens_details)
 
     async def _stream(
         self, request: web.Request, parsed: _Parsed, sim: SimRequest
@@ -370,18 +389,22 @@ class SimServer:
         if self.faults.reset_streams > 0 and self.faults.reset_after_tokens is not None:
             self.faults.reset_streams -= 1
             reset_after = self.faults.reset_after_tokens
-        if parsed.chat:
-            first = {
-                "index": 0,
-                "delta": {"role": "assistant", "content": ""},
-                "logprobs": None,
-                "finish_reason": None,
-            }
-            await response.write(_sse({**base, "choices": [first]}))
+        role_sent = not parsed.chat
         while True:
             index = await sim.tokens.get()
             if index == FINISHED:
                 break
+            if not role_sent:
+                # As vLLM: the chunk with the assistant's role goes with the first token,
+                # after prefill, not before it.
+                first = {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+                await response.write(_sse({**base, "choices": [first]}))
+                role_sent = True
             if reset_after is not None and index > reset_after:
                 assert request.transport is not None
                 request.transport.abort()
@@ -405,10 +428,10 @@ class SimServer:
                 }
             chunk: dict[str, Any] = {**base, "choices": [choice]}
             if continuous:
-                chunk["usage"] = _usage(sim, index)
+                chunk["usage"] = self._usage(sim, index)
             await response.write(_sse(chunk))
         if options.get("include_usage"):
-            await response.write(_sse({**base, "choices": [], "usage": _usage(sim)}))
+            await response.write(_sse({**base, "choices": [], "usage": self._usage(sim)}))
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
@@ -431,13 +454,16 @@ def _envelope(parsed: _Parsed, *, final: bool) -> dict[str, Any]:
     return {"id": ident, "object": kind, "created": int(time.time()), "model": parsed.body["model"]}
 
 
-def _usage(sim: SimRequest, generated: int | None = None) -> dict[str, int]:
+def _usage(sim: SimRequest, generated: int | None, details: bool) -> dict[str, Any]:
     done = sim.generated if generated is None else generated
-    return {
+    usage: dict[str, Any] = {
         "prompt_tokens": sim.prompt_tokens,
         "total_tokens": sim.prompt_tokens + done,
         "completion_tokens": done,
     }
+    if details:  # vLLM reports cached tokens with --enable-prompt-tokens-details only
+        usage["prompt_tokens_details"] = {"cached_tokens": sim.cached_tokens}
+    return usage
 
 
 def _sse(payload: dict[str, Any]) -> bytes:

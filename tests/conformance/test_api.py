@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -310,3 +311,56 @@ def test_disconnect_aborts_the_request(target: Target) -> None:
     while _gauge(target, "vllm:num_requests_running") != 0:
         assert time.monotonic() < deadline, "request still running after the client left"
         time.sleep(0.1)
+
+
+def _fresh_prompt(words: int) -> str:
+    """A prompt no earlier request shared a prefix with (prefix caching is on)."""
+    return " ".join(f"w{uuid.uuid4().hex[:6]}" for _ in range(words))
+
+
+def _first_chunks(target: Target, body: dict[str, Any]) -> tuple[float, float]:
+    """Seconds from the request to its first streamed chunk, and to the first with text."""
+    start = time.perf_counter()
+    first: float | None = None
+    with httpx.stream("POST", target.url + "/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            now = time.perf_counter() - start
+            first = now if first is None else first
+            delta = json.loads(line[6:])["choices"][0]["delta"]
+            if delta.get("content"):
+                return first, now
+    raise AssertionError("no chunk with text")
+
+
+def _stream_body(target: Target, prompt: str) -> dict[str, Any]:
+    return {
+        "model": target.model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": 2,
+        "ignore_eos": True,
+        "stream": True,
+    }
+
+
+def test_the_role_chunk_comes_with_the_first_token(target: Target) -> None:
+    # A long prompt: prefill takes a while, and the assistant-role chunk waits for it (a
+    # client timing the first chunk, as `vllm bench serve` does, measures the prefill).
+    first, text = _first_chunks(target, _stream_body(target, _fresh_prompt(600)))
+    assert first >= 0.5 * text
+
+
+def test_a_repeated_prompt_hits_the_prefix_cache(target: Target) -> None:
+    prompt = _fresh_prompt(600)
+    before_queries = _gauge(target, "vllm:prefix_cache_queries_total")
+    before_hits = _gauge(target, "vllm:prefix_cache_hits_total")
+    _, cold = _first_chunks(target, _stream_body(target, prompt))
+    _, warm = _first_chunks(target, _stream_body(target, prompt))
+    queries = _gauge(target, "vllm:prefix_cache_queries_total") - before_queries
+    hits = _gauge(target, "vllm:prefix_cache_hits_total") - before_hits
+    # Both prompts were looked up; most of the second one was found.
+    assert queries >= 2 * 600
+    assert hits >= 0.8 * queries / 2
+    assert warm < cold

@@ -102,3 +102,31 @@ async def test_preemption_shows_in_metrics(
         text = await response.text()
     line = next(s for s in text.splitlines() if s.startswith("vllm:num_preemptions_total{"))
     assert float(line.rsplit(" ", 1)[1]) >= 1
+
+
+async def test_prefix_cache_hits_show_in_usage_and_metrics(
+    make_sim: SimFactory, http: aiohttp.ClientSession
+) -> None:
+    sim = await make_sim(prompt_tokens_details=True)
+    history = " ".join(f"turn{i}" for i in range(400))
+    cached = []
+    for question in ("first question", "second question"):
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": f"{history} {question}"}],
+            "max_tokens": 2,
+        }
+        async with http.post(sim.url + "/v1/chat/completions", json=body) as response:
+            usage = (await response.json())["usage"]
+        cached.append(usage["prompt_tokens_details"]["cached_tokens"])
+    # The shared 400 words are 25 full blocks of 16; the second prompt finds them.
+    assert cached == [0, 400]
+    async with http.get(sim.url + "/metrics") as response:
+        text = await response.text()
+    hits = [line for line in text.splitlines() if line.startswith("vllm:prefix_cache_hits_total")]
+    assert hits
+    assert hits[0].endswith(" 400.0")
+    plain = await make_sim()  # vLLM's default: no prompt_tokens_details
+    body = {"model": MODEL, "prompt": "p", "max_tokens": 1}
+    async with http.post(plain.url + "/v1/completions", json=body) as response:
+        assert "prompt_tokens_details" not in (await response.json())["usage"]

@@ -45,4 +45,5 @@ def test_a_refusal_carries_its_wait_and_the_buckets() -> None:
 
 def test_a_replica_alone_takes_its_part_of_each_limit() -> None:
     part = QuotaAsk(10.0, 1000, 5, 1, 1).scaled(1 / 3)
-    assert (part.rps, part.tpm, part.concurrent) == (pytest.approx(10 / 3), 333, 1)
+    assert part.rps == pytest.approx(10 / 3)
+    assert (part.tpm, part.concurrent) == (333, 1)
