@@ -16,13 +16,15 @@ from typing import cast
 
 from adapters.base import EngineAdapter, EngineLoad
 from bench.sim.engine import Engine, SimRequest, Step, TokenHook
+from bench.sim.prefix_cache import block_hashes, token_ids
 from bench.sim.profiles import Profile
 from bench.workload import SCORPIO_CLASSES, Planned, Result
 from gateway.config import BackendConfig, GatewayConfig, LatencyPrior, SchedulerConfig, TenantConfig
 from gateway.errors import NoBackendAvailable, SloUnattainable
 from gateway.estimate import demand, estimate
 from gateway.fleet import Backend, Fleet, InFlight
-from gateway.runtime import fair_share, make_policy
+from gateway.prefix_index import chunk_hashes, prompt_text
+from gateway.runtime import fair_share, make_policy, prefix_index
 from gateway.scheduling.scheduler import Scheduler
 from gateway.scheduling.snapshot import Placement
 from gateway.slo import SloTarget
@@ -38,6 +40,7 @@ class _Live:
     inflight: InFlight
     item: Planned
     arrival: float
+    sim: SimRequest
     first: float | None = None
     last: float | None = None
     tokens: int = 0
@@ -55,10 +58,17 @@ def run_virtual(
     slo_scale: float = 1.0,
     instances: dict[str, tuple[str, int]] | None = None,
     tenants: dict[str, TenantConfig] | None = None,
+    prefix_caching: bool = False,
+    report_cached: bool = True,
+    counters: dict[str, int] | None = None,
 ) -> list[Result]:
     """Serve ``items`` on ``backends`` engines named b0, b1, ...; ``instances`` places them in
     macro instances (backend -> instance, place in its cycle) for rolling activation;
-    ``tenants`` weighs the items' tenants for fair share."""
+    ``tenants`` weighs the items' tenants for fair share. With ``prefix_caching`` the engines
+    cache prefixes as vLLM does and the gateway's prefix index (when the scheduler config is
+    prefix-aware) follows them, corrected from each reply's cached tokens when
+    ``report_cached``; without it neither caches (the earlier benchmarks' engine).
+    ``counters``, when given, gets the engines' prefix-cache counters summed."""
     now = [0.0]
 
     def clock() -> float:
@@ -84,7 +94,9 @@ def run_virtual(
         backend.load = EngineLoad(kv_capacity_tokens=profile.kv_tokens)
     queue = Scheduler(fleet, make_policy(scheduler), clock=clock)
     queue.instances = dict(instances or {})
-    queue.fair = fair_share(GatewayConfig(scheduler=scheduler, tenants=tenants or {}))
+    settings = GatewayConfig(scheduler=scheduler, tenants=tenants or {})
+    queue.fair = fair_share(settings)
+    queue.prefix = prefix_index(settings) if prefix_caching else None
     loop = asyncio.new_event_loop()  # only to create futures; it never runs
     live: dict[tuple[str, int], _Live] = {}
     finished: list[tuple[str, int]] = []
@@ -109,7 +121,7 @@ def run_virtual(
         return hook
 
     for index, backend in enumerate(fleet):
-        engine = Engine(profile, seed=index, clock=clock)
+        engine = Engine(profile, seed=index, clock=clock, prefix_caching=prefix_caching)
         engine.on_token = on_token(backend.name)
         engine.on_finish = on_finish(backend.name)
         engines[backend.name] = engine
@@ -144,15 +156,23 @@ def run_virtual(
             placement = future.result()
             inflight = fleet[placement.backend].inflight[ticket]
             true_output = min(item.sample.output_tokens, item.max_tokens)
+            blocks = (
+                block_hashes(
+                    token_ids(item.sample.prompt, item.sample.prompt_tokens), profile.block_size
+                )
+                if prefix_caching
+                else ()
+            )
             sim = engines[placement.backend].submit(
                 item.sample.prompt_tokens,
                 true_output,
                 placement.priority or 0,
                 stream=False,
                 now=now[0],
+                block_hashes=blocks,
             )
             live[(placement.backend, sim.id)] = _Live(
-                ticket, placement.backend, inflight, item, arrival
+                ticket, placement.backend, inflight, item, arrival, sim
             )
             start_step(placement.backend)
 
@@ -165,7 +185,8 @@ def run_virtual(
         }
         slo = SloTarget(item.slo_class, ttft_ms * slo_scale, tpot_ms * slo_scale)
         expected = estimate(body, lengths, scheduler.output_quantile)
-        wanted = demand(MODEL, now[0], slo, expected, item.tenant)
+        prefix = chunk_hashes(prompt_text(body)) if queue.prefix is not None else ()
+        wanted = demand(MODEL, now[0], slo, expected, item.tenant, prefix)
         try:
             ticket, future = queue.submit(wanted, loop)
         except NoBackendAvailable:
@@ -196,6 +217,10 @@ def run_virtual(
                 start_step(name)
         for key in finished:
             state = live.pop(key)
+            if queue.prefix is not None and report_cached:
+                queue.prefix.correct(
+                    state.backend, state.inflight.cached_tokens, state.sim.cached_tokens
+                )
             queue.finish(fleet[state.backend], state.ticket)
             tpot = None
             if state.first is not None and state.last is not None and state.tokens > 1:
@@ -216,6 +241,9 @@ def run_virtual(
     for future in (f for _, _, f in pending.values()):
         future.cancel()
     loop.close()
+    if counters is not None:
+        counters["prefix_queries"] = sum(e.counters.prefix_queries for e in engines.values())
+        counters["prefix_hits"] = sum(e.counters.prefix_hits for e in engines.values())
     assert not live, f"{len(live)} requests never finished"
     assert math.isfinite(now[0])
     return results

@@ -93,6 +93,18 @@ class SchedulerConfig(_Frozen):
         "rolling activation with EcoServe's check (rolling).",
     )
     fair_share: FairShareConfig = Field(default_factory=FairShareConfig)
+    prefix_aware: bool = Field(
+        default=True,
+        description="Count what each backend is likely to hold in its prefix cache "
+        "(gateway.prefix_index): prefill, the KV fit and placement use the uncached tokens.",
+    )
+    prefix_weight: float = Field(
+        default=0.5,
+        ge=0,
+        le=10,
+        description="Placement: how much a cached share of the prompt weighs against the "
+        "share of its budgets a request would use.",
+    )
 
 
 class PoolConfig(_Frozen):

@@ -45,7 +45,12 @@ def estimate(
 
 
 def demand(
-    model: str, arrival: float, slo: SloTarget, expected: Estimate, tenant: str | None = None
+    model: str,
+    arrival: float,
+    slo: SloTarget,
+    expected: Estimate,
+    tenant: str | None = None,
+    prefix: tuple[int, ...] = (),
 ) -> Demand:
     return Demand(
         model=model,
@@ -57,4 +62,5 @@ def demand(
         reserve_tokens=expected.prompt_tokens + expected.output_reserve,
         rejectable=slo.rejectable,
         tenant=tenant,
+        prefix=prefix,
     )

@@ -33,6 +33,7 @@ class InFlight:
     dispatched_at: float
     pending_at_dispatch: int  # prompt tokens awaiting prefill there at dispatch, its own too
     tenant: str | None = None
+    cached_tokens: int = 0  # of its prompt, expected in the backend's prefix cache
     first_token_at: float | None = None
     last_token_at: float | None = None
     tokens: int = 0
@@ -111,7 +112,11 @@ class Backend:
         return self.load.kv_capacity_tokens if self.load is not None else None
 
     def pending_prefill(self) -> int:
-        return sum(r.prompt_tokens for r in self.inflight.values() if r.first_token_at is None)
+        return sum(
+            r.prompt_tokens - r.cached_tokens
+            for r in self.inflight.values()
+            if r.first_token_at is None
+        )
 
     def decoding(self) -> tuple[int, float]:
         """Requests past their first token, and their mean context."""

@@ -36,6 +36,7 @@ from gateway.errors import (
 from gateway.estimate import demand
 from gateway.fleet import Backend, Fleet
 from gateway.metrics import GatewayMetrics
+from gateway.prefix_index import chunk_hashes, prompt_text
 from gateway.middleware import is_openai_error
 from gateway.records import RecordLog, RequestRecord
 from gateway.scheduling.policy import SloPolicy
@@ -132,6 +133,7 @@ class Proxy:
             raise
         finally:
             upstream.close()
+            self._correct_prefix(lease, record)
             self._release(lease)
             self._finish(record)
 
@@ -141,7 +143,10 @@ class Proxy:
         excluded: set[str] = set()
         failure: BackendUnreachable | None = None
         assert record.estimate is not None
-        wanted = demand(record.model, record.arrival, record.slo, record.estimate, record.tenant)
+        prefix = chunk_hashes(prompt_text(call.body)) if self._scheduler.prefix else ()
+        wanted = demand(
+            record.model, record.arrival, record.slo, record.estimate, record.tenant, prefix
+        )
         until = self._clock() + self._queue_timeout_s
         for attempt in (1, 2):
             try:
@@ -233,6 +238,11 @@ class Proxy:
                 policy.admit_margin,
             )
         return AdmissionRule(backend.config.max_in_flight)
+
+    def _correct_prefix(self, lease: Lease, record: RequestRecord) -> None:
+        index = self._scheduler.prefix
+        if index is not None and record.cached_tokens is not None:
+            index.correct(lease.backend, lease.inflight.cached_tokens, record.cached_tokens)
 
     def _release(self, lease: Lease, *, served: bool = True) -> None:
         self._scheduler.release(lease, served=served)
@@ -388,3 +398,6 @@ def _take_usage(record: RequestRecord, usage: dict[str, Any] | Any) -> None:
         record.prompt_tokens = prompt
     if isinstance(completion, int):
         record.completion_tokens = completion
+    details = usage.get("prompt_tokens_details")
+    if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+        record.cached_tokens = details["cached_tokens"]

@@ -29,6 +29,7 @@ class RequestRecord:
     finish: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cached_tokens: int | None = None  # prompt tokens the backend reported cached
     outcome: Outcome = "pending"
     status: int = 0
     estimate: Estimate | None = field(default=None, repr=False)

@@ -21,6 +21,7 @@ from gateway.limiter import TenantLimiter
 from gateway.metrics import GatewayMetrics
 from gateway.net import loopback
 from gateway.outliers import OutlierRules
+from gateway.prefix_index import PrefixIndex
 from gateway.proxy import Proxy
 from gateway.records import RecordLog
 from gateway.scaling import Scaler
@@ -73,6 +74,7 @@ def make_policy(config: SchedulerConfig) -> Policy:
         admit_margin=config.admit_margin,
         urgent_s=config.urgent_ms / 1000,
         rolling=config.placement == "rolling",
+        prefix_weight=config.prefix_weight,
     )
 
 
@@ -91,6 +93,13 @@ def fair_share(config: GatewayConfig, current: FairShare | None = None) -> FairS
     )
     share.weight = config.tenant_weight
     return share
+
+
+def prefix_index(config: GatewayConfig, current: PrefixIndex | None = None) -> PrefixIndex | None:
+    """The scheduler's prefix index under ``config``; what it knows carries over."""
+    if not config.scheduler.prefix_aware:
+        return None
+    return current or PrefixIndex()
 
 
 class Runtime:
@@ -147,6 +156,7 @@ class Runtime:
         )
         scheduler.instances = instance_ids(self.config)
         scheduler.fair = fair_share(self.config)
+        scheduler.prefix = prefix_index(self.config)
         fleet.on_change = scheduler.schedule
         metrics = GatewayMetrics(fleet, scheduler.queue_depths)
         metrics.watch_config(lambda: self.config)
@@ -298,6 +308,7 @@ class Runtime:
         services.scheduler.policy = make_policy(config.scheduler)
         services.scheduler.instances = instance_ids(config)
         services.scheduler.fair = fair_share(config, services.scheduler.fair)
+        services.scheduler.prefix = prefix_index(config, services.scheduler.prefix)
         added = services.fleet.reconcile(
             config.backends, lambda cfg: self._build_backend(services.session, cfg)
         )

@@ -70,8 +70,8 @@ class BackendLoad:
             context_sum=float(sum(r.context for r in requests) + peers.context),
             min_tpot=min(min((r.tpot_s for r in requests), default=math.inf), peers.min_tpot_s),
             kv_reserved=sum(r.reserved_kv for r in requests) + peers.kv_tokens,
-            pending_prefill=sum(r.prompt_tokens for r in requests if not r.started),
-            remaining=[(r.prompt_tokens, r.remaining_tokens, r.started) for r in requests],
+            pending_prefill=sum(r.prefill_tokens for r in requests if not r.started),
+            remaining=[(r.prefill_tokens, r.remaining_tokens, r.started) for r in requests],
         )
 
     def mean_context(self, extra_count: int = 0, extra_context: float = 0.0) -> float:
@@ -81,12 +81,13 @@ class BackendLoad:
         return (self.context_sum + extra_context) / count
 
     def add(self, w: WaitingView) -> None:
+        name = self.view.name
         self.count += 1
         self.context_sum += w.prompt_tokens + w.predicted_tokens / 2
         self.min_tpot = min(self.min_tpot, w.tpot_s)
-        self.kv_reserved += w.reserve_tokens
-        self.pending_prefill += w.prompt_tokens
-        self.remaining.append((w.prompt_tokens, w.predicted_tokens, False))
+        self.kv_reserved += w.kv_need_on(name)
+        self.pending_prefill += w.prefill_on(name)
+        self.remaining.append((w.prefill_on(name), w.predicted_tokens, False))
         self.view = replace(self.view, dispatched=self.view.dispatched + 1)
 
 
@@ -103,7 +104,8 @@ def admit(load: BackendLoad, w: WaitingView, *, epsilon: float, margin: float) -
     view = load.view
     if load.count >= view.max_in_flight:
         return Verdict.FULL
-    if view.kv_capacity is not None and load.kv_reserved + w.reserve_tokens > view.kv_capacity:
+    kv_need = w.kv_need_on(view.name)
+    if view.kv_capacity is not None and load.kv_reserved + kv_need > view.kv_capacity:
         return Verdict.KV
     if view.itl is None:
         return Verdict.OK
@@ -119,7 +121,7 @@ def admit(load: BackendLoad, w: WaitingView, *, epsilon: float, margin: float) -
 def never_fits(load: BackendLoad, w: WaitingView) -> bool:
     """``w``'s KV need exceeds the backend's whole cache: no amount of waiting admits it."""
     capacity = load.view.kv_capacity
-    return capacity is not None and w.reserve_tokens > capacity
+    return capacity is not None and w.kv_need_on(load.view.name) > capacity
 
 
 def placement_cost(
@@ -130,7 +132,7 @@ def placement_cost(
     that the batch's ITL takes once it joins. Lower is better; ties go to the backend that
     has been sent the fewest requests."""
     budget = max(w.deadline - now, 1e-3)
-    ttft_share = predicted_prefill(load, w.prompt_tokens) / budget
+    ttft_share = predicted_prefill(load, w.prefill_on(load.view.name)) / budget
     tpot_share = 0.0
     view = load.view
     if view.itl is not None:
@@ -138,6 +140,13 @@ def placement_cost(
         itl = epsilon * view.itl.predict(load.count + 1, mean)
         tpot_share = itl / min(load.min_tpot, w.tpot_s)
     return (max(ttft_share, tpot_share), ttft_share + tpot_share, view.dispatched, view.name)
+
+
+def prefix_share(load: BackendLoad, w: WaitingView) -> float:
+    """The share of ``w``'s prompt expected in the backend's prefix cache."""
+    if w.prompt_tokens <= 0:
+        return 0.0
+    return w.cached.get(load.view.name, 0) / w.prompt_tokens
 
 
 def decode_headroom(load: BackendLoad, tpot_limit: float, *, epsilon: float, margin: float) -> int:
@@ -222,8 +231,10 @@ def ttft_rejections(
             candidates = [load for load in serving if load.view.name not in w.excluded]
             if not candidates:
                 continue
-            best = min(candidates, key=lambda load: predicted_prefill(load, w.prompt_tokens))
-            prefill = predicted_prefill(best, w.prompt_tokens)
+            best = min(
+                candidates, key=lambda load: predicted_prefill(load, w.prefill_on(load.view.name))
+            )
+            prefill = predicted_prefill(best, w.prefill_on(best.view.name))
             if position < headroom or not free:
                 wait = 0.0
             else:
@@ -232,6 +243,6 @@ def ttft_rejections(
             if w.rejectable and w.deadline - now < predicted + margin_s:
                 rejected[w.ticket] = predicted
                 continue
-            best.pending_prefill += w.prompt_tokens
+            best.pending_prefill += w.prefill_on(best.view.name)
             position += 1
     return rejected

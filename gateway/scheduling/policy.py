@@ -16,6 +16,7 @@ from gateway.scheduling.guards import (
     never_fits,
     placement_cost,
     predicted_prefill,
+    prefix_share,
     priority_tier,
     tightness,
     ttft_rejections,
@@ -69,6 +70,7 @@ class SloPolicy:
     admit_margin: float = 0.99
     urgent_s: float = 0.1
     rolling: bool = False
+    prefix_weight: float = 0.5
 
     def __call__(
         self, waiting: Sequence[WaitingView], backends: Sequence[BackendView], now: float
@@ -169,11 +171,17 @@ class SloPolicy:
         now: float,
     ) -> BackendLoad | None:
         if instances is None:
-            return min(
-                admitting, key=lambda load: placement_cost(load, w, now=now, epsilon=self.epsilon)
-            )
+            return min(admitting, key=lambda load: self._cost(load, w, now))
         names = {load.view.name for load in admitting}
         return pick(instances, names, w, now, epsilon=self.epsilon, margin=self.admit_margin)
+
+    def _cost(self, load: BackendLoad, w: WaitingView, now: float) -> tuple[float, float, int, str]:
+        """The budget ``w`` uses there (``placement_cost``), less the share of its prompt
+        cached there, weighed by ``prefix_weight``: affinity is a score, not a rule, so an
+        idle backend without the prefix still wins over a loaded one with it when the budgets
+        say so."""
+        worst, total, dispatched, name = placement_cost(load, w, now=now, epsilon=self.epsilon)
+        return (worst - self.prefix_weight * prefix_share(load, w), total, dispatched, name)
 
     @staticmethod
     def _tightest(waiting: Sequence[WaitingView], loads: Iterable[BackendLoad]) -> dict[str, float]:
@@ -189,5 +197,5 @@ class SloPolicy:
 
     def _urgent(self, w: WaitingView, candidates: list[BackendLoad], now: float) -> bool:
         """The TTFT guard's override: a request whose deadline is near is eligible at once."""
-        prefill = min(predicted_prefill(load, w.prompt_tokens) for load in candidates)
+        prefill = min(predicted_prefill(load, w.prefill_on(load.view.name)) for load in candidates)
         return w.deadline - now - prefill < self.urgent_s

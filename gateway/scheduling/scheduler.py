@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from gateway.errors import NoBackendAvailable, SloUnattainable
 from gateway.fleet import Backend, Fleet, InFlight
+from gateway.prefix_index import PrefixIndex
 from gateway.scheduling.fairness import FairShare, ShareRules
 from gateway.scheduling.policy import Policy, least_loaded
 from gateway.scheduling.snapshot import (
@@ -45,6 +46,7 @@ class Demand:
     reserve_tokens: int = 0
     rejectable: bool = True
     tenant: str | None = None
+    prefix: tuple[int, ...] = ()  # its prompt's chunk hashes (gateway.prefix_index)
 
 
 @dataclass(eq=False, slots=True)
@@ -55,12 +57,18 @@ class _Ticket:
     future: asyncio.Future[Placement] = field(repr=False)
     credit: float = 0.0
     rank: int = 0
+    cached: dict[str, int] = field(default_factory=dict)
     _view: WaitingView | None = field(default=None, repr=False)
 
     def view(self) -> WaitingView:
-        """Its snapshot view, built once and again only when its credit or rank changes."""
+        """Its snapshot view, built again only when its credit, rank or cache hits change."""
         view = self._view
-        if view is None or view.credit != self.credit or view.rank != self.rank:
+        if (
+            view is None
+            or view.credit != self.credit
+            or view.rank != self.rank
+            or view.cached is not self.cached
+        ):
             d = self.demand
             self._view = view = WaitingView(
                 self.id,
@@ -75,6 +83,7 @@ class _Ticket:
                 self.credit,
                 d.rejectable,
                 self.rank,
+                self.cached,
             )
         return view
 
@@ -104,6 +113,8 @@ class Scheduler:
         self._clock = clock
         self.peer_load = peer_load  # other gateway replicas' load per backend
         self.fair: FairShare | None = FairShare(ShareRules())  # None: no fair share
+        self.prefix: PrefixIndex | None = PrefixIndex()  # None: prefix caches not counted
+        self._prefix_version = -1
         self._waiting: dict[int, _Ticket] = {}
         self._ids = itertools.count(1)
         # Macro instances: backend -> (instance, place in its cycle), and each instance's
@@ -206,6 +217,7 @@ class Scheduler:
 
     def snapshot(self, now: float | None = None) -> tuple[list[WaitingView], list[BackendView]]:
         self._rank(self._clock() if now is None else now)
+        self._look_up_prefixes()
         waiting = [t.view() for t in self._waiting.values()]
         backends = [
             BackendView(
@@ -224,6 +236,7 @@ class Scheduler:
                         r.reserved_kv,
                         r.first_token_at is not None,
                         r.first_token_at,
+                        r.cached_tokens,
                     )
                     for r in b.inflight.values()
                 ),
@@ -237,6 +250,23 @@ class Scheduler:
             for b in self._fleet
         ]
         return waiting, backends
+
+    def _look_up_prefixes(self) -> None:
+        """Each waiting request's expected cache hits per backend, again only when the index
+        changed since."""
+        index = self.prefix
+        if index is None:
+            return
+        for backend in self._fleet:
+            index.set_capacity(backend.name, backend.kv_capacity)
+        changed = index.version != self._prefix_version
+        self._prefix_version = index.version
+        for ticket in self._waiting.values():
+            d = ticket.demand
+            if d.prefix and (changed or ticket._view is None):
+                found = index.cached_tokens(d.prefix, d.prompt_tokens)
+                if found != ticket.cached:
+                    ticket.cached = found
 
     def _rank(self, now: float) -> None:
         """Each waiting request's fair-share rank, from its tenant's recent service."""
@@ -279,6 +309,7 @@ class Scheduler:
             backend = self._fleet[placement.backend]
             backend.dispatched += 1
             d = ticket.demand
+            cached = ticket.cached.get(backend.name, 0)
             backend.inflight[ticket.id] = InFlight(
                 ticket=ticket.id,
                 tpot_s=d.tpot_s,
@@ -286,9 +317,12 @@ class Scheduler:
                 predicted_tokens=d.predicted_tokens,
                 reserved_kv=d.reserve_tokens,
                 dispatched_at=now,
-                pending_at_dispatch=backend.pending_prefill() + d.prompt_tokens,
+                pending_at_dispatch=backend.pending_prefill() + d.prompt_tokens - cached,
                 tenant=d.tenant,
+                cached_tokens=cached,
             )
+            if self.prefix is not None:
+                self.prefix.record(backend.name, d.prefix)
             if self.fair is not None:
                 self.fair.charge(d.tenant, d.prompt_tokens, d.predicted_tokens, now)
             ticket.future.set_result(placement)

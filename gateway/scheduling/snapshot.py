@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gateway.scheduling.latency import ItlParams, PrefillParams
@@ -22,6 +23,12 @@ class InFlightView:
     reserved_kv: int  # prompt + conservative output estimate
     started: bool  # first token seen
     first_token_at: float | None = None
+    cached_tokens: int = 0  # of its prompt, expected in the backend's prefix cache
+
+    @property
+    def prefill_tokens(self) -> int:
+        """Prompt tokens the backend must compute."""
+        return self.prompt_tokens - self.cached_tokens
 
     def saved_s(self, now: float) -> float:
         """Decode slack built up so far: tokens * TPOT target - time since the first token
@@ -100,6 +107,15 @@ class WaitingView:
     credit: float = 0.0
     rejectable: bool = True
     rank: int = 0  # its tenant's fair-share rank: 0 least served (scheduling.fairness)
+    cached: Mapping[str, int] = field(default_factory=dict)  # backend -> prompt tokens cached
+
+    def prefill_on(self, backend: str) -> int:
+        """Prompt tokens ``backend`` would compute: those not in its prefix cache."""
+        return self.prompt_tokens - self.cached.get(backend, 0)
+
+    def kv_need_on(self, backend: str) -> int:
+        """KV tokens it would take there: cached blocks are shared, not new."""
+        return self.reserve_tokens - self.cached.get(backend, 0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,132 @@
+"""What each backend is likely to hold in its prefix cache, from what this gateway sent it.
+
+Approximate, as llm-d's approximate prefix scorer and SGLang's cache-aware router are: the
+prompt's text is cut into chunks of ``CHUNK_CHARS`` characters, each named by a hash chained
+on the one before (so a chunk counts only when everything before it matched too, as vLLM's
+block hashes do). Per backend the index keeps the chunks it was sent, most recently used
+last, bounded by the backend's KV capacity in chunks; the oldest go first, as vLLM evicts
+its least recently used free blocks. A reply that reports its cached tokens
+(``usage.prompt_tokens_details.cached_tokens``) corrects the bound: a backend that had
+less than expected evicts sooner than assumed (its running requests hold part of its cache).
+
+Per replica: with several replicas each knows what it sent (a load balancer that keeps a
+conversation on one replica keeps its index whole); nothing here goes to Redis.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from predictor.features import content_text
+
+CHUNK_CHARS = 256  # about 64 tokens of English text
+CHARS_PER_TOKEN = 4  # the gateway's estimate (gateway.estimate reads the same)
+DEFAULT_CAPACITY_CHUNKS = 4096  # a backend whose KV capacity is not known yet
+MIN_CAPACITY_CHUNKS = 64
+
+
+def prompt_text(body: Mapping[str, Any]) -> str:
+    """The text a backend's prefix cache sees first: the conversation as sent."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        parts = []
+        for message in messages:
+            if isinstance(message, dict):
+                parts.append(f"<{message.get('role')}>{content_text(message.get('content'))}")
+        return "\n".join(parts)
+    prompt = body.get("prompt", "")
+    return " ".join(str(p) for p in prompt) if isinstance(prompt, list) else str(prompt)
+
+
+def chunk_hashes(text: str) -> tuple[int, ...]:
+    """The chained hash of each full chunk of ``text`` (stable within a process)."""
+    hashes: list[int] = []
+    previous = 0
+    for start in range(0, len(text) - CHUNK_CHARS + 1, CHUNK_CHARS):
+        previous = hash((previous, text[start : start + CHUNK_CHARS]))
+        hashes.append(previous)
+    return tuple(hashes)
+
+
+class PrefixIndex:
+    def __init__(self) -> None:
+        self._chunks: dict[str, OrderedDict[int, None]] = {}
+        self._capacity: dict[str, int] = {}
+        self.version = 0  # bumped on every change: callers cache lookups against it
+
+    def set_capacity(self, backend: str, kv_tokens: int | None) -> None:
+        chunks = (
+            DEFAULT_CAPACITY_CHUNKS
+            if kv_tokens is None
+            else max(1, kv_tokens * CHARS_PER_TOKEN // CHUNK_CHARS)
+        )
+        if self._capacity.get(backend) != chunks:
+            self._capacity[backend] = chunks
+            self._trim(backend)
+
+    def matched(self, backend: str, hashes: Sequence[int]) -> int:
+        """How many leading chunks of ``hashes`` the backend is likely to hold."""
+        held = self._chunks.get(backend)
+        if not held:
+            return 0
+        count = 0
+        for h in hashes:
+            if h not in held:
+                break
+            count += 1
+        return count
+
+    def cached_tokens(self, hashes: Sequence[int], prompt_tokens: int) -> dict[str, int]:
+        """Per backend holding any of it, the prompt tokens likely cached there."""
+        if not hashes:
+            return {}
+        out: dict[str, int] = {}
+        for backend in self._chunks:
+            count = self.matched(backend, hashes)
+            if count:
+                share = count * CHUNK_CHARS / (len(hashes) * CHUNK_CHARS + CHUNK_CHARS // 2)
+                out[backend] = min(prompt_tokens - 1, int(prompt_tokens * share))
+        return out
+
+    def record(self, backend: str, hashes: Sequence[int]) -> None:
+        """The prompt went to ``backend``: its chunks are there now, the most recent."""
+        if not hashes:
+            return
+        held = self._chunks.setdefault(backend, OrderedDict())
+        for h in hashes:
+            held[h] = None
+            held.move_to_end(h)
+        self._trim(backend)
+        self.version += 1
+
+    def correct(self, backend: str, expected: int, reported: int) -> None:
+        """The backend reported ``reported`` cached prompt tokens where the index expected
+        ``expected``: well short means it evicts sooner than the index assumed, so the
+        index's bound for it shrinks to what it holds less a tenth (it regrows as the
+        backend's reports meet what the index expects)."""
+        if expected <= 0:
+            return
+        held = len(self._chunks.get(backend, ()))
+        capacity = self._capacity.get(backend, DEFAULT_CAPACITY_CHUNKS)
+        if reported < 0.9 * expected:
+            self._capacity[backend] = max(MIN_CAPACITY_CHUNKS, int(held * 0.9))
+            self._trim(backend)
+            self.version += 1
+        elif held >= capacity:
+            self._capacity[backend] = capacity + max(1, capacity // 20)
+
+    def forget(self, backend: str) -> None:
+        """The backend left or restarted: nothing is known of its cache."""
+        if self._chunks.pop(backend, None) is not None:
+            self.version += 1
+
+    def size(self, backend: str) -> int:
+        return len(self._chunks.get(backend, ()))
+
+    def _trim(self, backend: str) -> None:
+        held = self._chunks.get(backend)
+        capacity = self._capacity.get(backend, DEFAULT_CAPACITY_CHUNKS)
+        while held and len(held) > capacity:
+            held.popitem(last=False)
