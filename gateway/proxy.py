@@ -36,8 +36,8 @@ from gateway.errors import (
 from gateway.estimate import demand
 from gateway.fleet import Backend, Fleet
 from gateway.metrics import GatewayMetrics
-from gateway.prefix_index import chunk_hashes, prompt_text
 from gateway.middleware import is_openai_error
+from gateway.prefix_index import chunk_hashes, prompt_text
 from gateway.records import RecordLog, RequestRecord
 from gateway.scheduling.policy import SloPolicy
 from gateway.scheduling.scheduler import Demand, Lease, Scheduler
