@@ -225,8 +225,9 @@ async def test_idle_stream_timeout_ends_with_an_error_event(
     ) as response:
         assert response.status == 200
         text = await response.text()
+    # The answer started (200 and its headers), then nothing came within the idle bound (as
+    # vLLM, the simulator sends its first chunk with the first token, after a 0.6 s step).
     events = [e for e in text.split("\n\n") if e]
-    assert '"role": "assistant"' in events[0] or '"role":"assistant"' in events[0]
     assert events[-1].startswith('data: {"error"')
     assert "[DONE]" not in text
     await _wait_aborted(sim)
