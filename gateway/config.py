@@ -105,6 +105,13 @@ class SchedulerConfig(_Frozen):
         description="Placement: how much a cached share of the prompt weighs against the "
         "share of its budgets a request would use.",
     )
+    session_weight: float = Field(
+        default=0.2,
+        ge=0,
+        le=10,
+        description="Placement: how much the backend a session's last request went to "
+        "weighs (x-session-id or the body's user field).",
+    )
 
 
 class PoolConfig(_Frozen):

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gateway.scheduling.scheduler import Demand
+from gateway.scheduling.snapshot import Demand
 from gateway.slo import SloTarget
 from predictor.features import PromptInfo, approx_tokens, info_from_request
 from predictor.model import LengthModel
@@ -51,6 +51,7 @@ def demand(
     expected: Estimate,
     tenant: str | None = None,
     prefix: tuple[int, ...] = (),
+    session: str | None = None,
 ) -> Demand:
     return Demand(
         model=model,
@@ -63,4 +64,5 @@ def demand(
         rejectable=slo.rejectable,
         tenant=tenant,
         prefix=prefix,
+        session=session,
     )

@@ -40,7 +40,8 @@ from gateway.middleware import is_openai_error
 from gateway.prefix_index import chunk_hashes, prompt_text
 from gateway.records import RecordLog, RequestRecord
 from gateway.scheduling.policy import SloPolicy
-from gateway.scheduling.scheduler import Demand, Lease, Scheduler
+from gateway.scheduling.scheduler import Lease, Scheduler
+from gateway.scheduling.snapshot import Demand
 from gateway.state.load import AdmissionRule, LeaseWeight
 from gateway.state.sharing import LoadSharing
 from predictor.online import SampleLog
@@ -70,6 +71,7 @@ class GenerationCall:
     endpoint: str
     body: dict[str, Any]
     wants_usage: bool
+    session: str | None = None  # x-session-id, or the body's ``user``
 
 
 class Proxy:
@@ -145,7 +147,13 @@ class Proxy:
         assert record.estimate is not None
         prefix = chunk_hashes(prompt_text(call.body)) if self._scheduler.prefix else ()
         wanted = demand(
-            record.model, record.arrival, record.slo, record.estimate, record.tenant, prefix
+            record.model,
+            record.arrival,
+            record.slo,
+            record.estimate,
+            record.tenant,
+            prefix,
+            call.session,
         )
         until = self._clock() + self._queue_timeout_s
         for attempt in (1, 2):

@@ -75,6 +75,7 @@ def make_policy(config: SchedulerConfig) -> Policy:
         urgent_s=config.urgent_ms / 1000,
         rolling=config.placement == "rolling",
         prefix_weight=config.prefix_weight,
+        session_weight=config.session_weight,
     )
 
 

@@ -41,6 +41,7 @@ from gateway.slo import resolve_slo
 log = logging.getLogger(__name__)
 
 _OWN_PATHS = {"/v1/chat/completions": "POST", "/v1/completions": "POST", "/v1/models": "GET"}
+SESSION_HEADER = "x-session-id"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -71,6 +72,16 @@ def upstream_status_error(status: int, request: web.Request) -> web.Response:
         body = error_body(f"the backend refused {what}", "invalid_request_error", code=status)
         return web.json_response(body, status=status)
     return error_response(UpstreamError(f"the backend failed {what}"))
+
+
+def session_id(request: web.Request, body: dict[str, Any]) -> str | None:
+    """The client's session: ``x-session-id``, else the OpenAI ``user`` field; placement
+    scores its last backend up (scheduler.session_weight). Bounded in length; the tenant is
+    part of it, so tenants' sessions never mix."""
+    given = request.headers.get(SESSION_HEADER) or body.get("user")
+    if not isinstance(given, str) or not given or len(given) > 256:
+        return None
+    return f"{request.get(TENANT_KEY) or ''}\x00{given}"
 
 
 def request_id(request: web.Request) -> str:
@@ -121,7 +132,12 @@ def _generation(endpoint: str, *, chat: bool) -> Any:
             except RateLimited as exc:
                 services.proxy.refused(record, exc, f"rate_limit_{exc.reason}")
                 raise
-        call = GenerationCall(endpoint=endpoint, body=body, wants_usage=generation.wants_usage)
+        call = GenerationCall(
+            endpoint=endpoint,
+            body=body,
+            wants_usage=generation.wants_usage,
+            session=session_id(request, body),
+        )
         try:
             return await services.proxy.generate(request, call, record)
         finally:

@@ -9,19 +9,27 @@ from dataclasses import dataclass
 from gateway.scheduling.guards import (
     BackendLoad,
     Verdict,
-    admit,
     credit_after_pass,
     fifo_key,
     ldf_key,
     never_fits,
-    placement_cost,
     predicted_prefill,
-    prefix_share,
     priority_tier,
     tightness,
     ttft_rejections,
 )
-from gateway.scheduling.rolling import Cycle, cycles, pick
+from gateway.scheduling.placement import (
+    Context,
+    Picker,
+    Rolling,
+    Scored,
+    budget_used,
+    eligible,
+    prefix_hit,
+    session_affinity,
+    verdicts,
+)
+from gateway.scheduling.rolling import Cycle, cycles
 from gateway.scheduling.snapshot import BackendView, Placement, Plan, Rejection, WaitingView
 
 Policy = Callable[[Sequence[WaitingView], Sequence[BackendView], float], Plan]
@@ -71,6 +79,7 @@ class SloPolicy:
     urgent_s: float = 0.1
     rolling: bool = False
     prefix_weight: float = 0.5
+    session_weight: float = 0.2
 
     def __call__(
         self, waiting: Sequence[WaitingView], backends: Sequence[BackendView], now: float
@@ -98,19 +107,15 @@ class SloPolicy:
         blocked: set[str] = set()
         models = {w.model for w in ordered}
         instances = cycles(loads.values()) if self.rolling else None
+        picker = self._picker(instances)
+        context = Context(now, self.epsilon)
         for w in ordered:
             if len(blocked) == len(models):
                 break  # every model's queue is held: nothing further can move this pass
             trp = tightness(w.tpot_s, tightest.get(w.model, math.inf))
             if w.model in blocked:
                 continue
-            candidates = [
-                load
-                for load in loads.values()
-                if load.view.healthy
-                and w.model in load.view.models
-                and load.view.name not in w.excluded
-            ]
+            candidates = eligible(loads.values(), w)
             if not candidates:
                 if w.deadline <= now and w.rejectable:
                     # Held through a cold start (or after failures) until its deadline.
@@ -121,17 +126,12 @@ class SloPolicy:
                 credits[w.ticket] = credit
                 if credit < 1.0 and not self._urgent(w, candidates, now):
                     continue
-            verdicts = {
-                load.view.name: (
-                    admit(load, w, epsilon=self.epsilon, margin=self.admit_margin)
-                    if self.vbs
-                    else (Verdict.OK if load.count < load.view.max_in_flight else Verdict.FULL)
-                )
-                for load in candidates
-            }
-            admitting = [load for load in candidates if verdicts[load.view.name] is Verdict.OK]
+            found = verdicts(
+                candidates, w, vbs=self.vbs, epsilon=self.epsilon, margin=self.admit_margin
+            )
+            admitting = [load for load in candidates if found[load.view.name] is Verdict.OK]
             if admitting:
-                best = self._choose(admitting, instances, w, now)
+                best = picker.pick(admitting, w, context)
                 if best is None:
                     blocked.add(w.model)  # no instance's check passes: it waits, in LDF order
                     continue
@@ -149,7 +149,7 @@ class SloPolicy:
                     idle[0].add(w)
                     placements.append(Placement(w.ticket, idle[0].view.name, priority_tier(trp)))
                 continue
-            if idle and all(v in (Verdict.TPOT, Verdict.TPOT_OWN) for v in verdicts.values()):
+            if idle and all(v in (Verdict.TPOT, Verdict.TPOT_OWN) for v in found.values()):
                 # Not even an idle backend would decode it fast enough.
                 if w.rejectable and self.reject:
                     rejections.append(Rejection(w.ticket, "tpot_unattainable"))
@@ -157,31 +157,26 @@ class SloPolicy:
                     idle[0].add(w)  # best effort: served without a guarantee
                     placements.append(Placement(w.ticket, idle[0].view.name, priority_tier(trp)))
                 continue
-            if all(v is Verdict.TPOT_OWN for v in verdicts.values()):
+            if all(v is Verdict.TPOT_OWN for v in found.values()):
                 continue  # SCORPIO's shortcut: its own tight target must not block looser ones
             blocked.add(w.model)  # keep LDF order: nothing behind it jumps ahead
         activations = {c.instance: c.activation() for c in instances or () if c.changed}
         return Plan(placements, rejections, credits, activations)
 
-    def _choose(
-        self,
-        admitting: list[BackendLoad],
-        instances: list[Cycle] | None,
-        w: WaitingView,
-        now: float,
-    ) -> BackendLoad | None:
-        if instances is None:
-            return min(admitting, key=lambda load: self._cost(load, w, now))
-        names = {load.view.name for load in admitting}
-        return pick(instances, names, w, now, epsilon=self.epsilon, margin=self.admit_margin)
-
-    def _cost(self, load: BackendLoad, w: WaitingView, now: float) -> tuple[float, float, int, str]:
-        """The budget ``w`` uses there (``placement_cost``), less the share of its prompt
-        cached there, weighed by ``prefix_weight``: affinity is a score, not a rule, so an
-        idle backend without the prefix still wins over a loaded one with it when the budgets
-        say so."""
-        worst, total, dispatched, name = placement_cost(load, w, now=now, epsilon=self.epsilon)
-        return (worst - self.prefix_weight * prefix_share(load, w), total, dispatched, name)
+    def _picker(self, instances: list[Cycle] | None) -> Picker:
+        """Rolling activation, or the scorers: the share of its budgets a request would use,
+        less the cached share of its prompt and its session's affinity, each weighed (affinity
+        is a score, not a rule: an idle backend without the prefix still wins over a loaded
+        one with it when the budgets say so)."""
+        if instances is not None:
+            return Rolling(instances, self.admit_margin)
+        return Scored(
+            (
+                (1.0, budget_used),
+                (self.prefix_weight, prefix_hit),
+                (self.session_weight, session_affinity),
+            )
+        )
 
     @staticmethod
     def _tightest(waiting: Sequence[WaitingView], loads: Iterable[BackendLoad]) -> dict[str, float]:

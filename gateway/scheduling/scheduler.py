@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import math
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
@@ -22,6 +22,7 @@ from gateway.scheduling.policy import Policy, least_loaded
 from gateway.scheduling.snapshot import (
     Activation,
     BackendView,
+    Demand,
     InFlightView,
     Placement,
     Rejection,
@@ -31,22 +32,7 @@ from gateway.scheduling.snapshot import (
 from gateway.state.load import LoadTotals
 
 REASON_HEADER = "x-sluice-reject-reason"
-
-
-@dataclass(frozen=True, slots=True)
-class Demand:
-    """What a request needs, as the scheduler weighs it."""
-
-    model: str
-    arrival: float
-    deadline: float
-    tpot_s: float = math.inf
-    prompt_tokens: int = 0
-    predicted_tokens: int = 0
-    reserve_tokens: int = 0
-    rejectable: bool = True
-    tenant: str | None = None
-    prefix: tuple[int, ...] = ()  # its prompt's chunk hashes (gateway.prefix_index)
+MAX_SESSIONS = 100_000  # sessions whose last backend is remembered, least recent dropped
 
 
 @dataclass(eq=False, slots=True)
@@ -58,32 +44,27 @@ class _Ticket:
     credit: float = 0.0
     rank: int = 0
     cached: dict[str, int] = field(default_factory=dict)
+    affine: str | None = None
     _view: WaitingView | None = field(default=None, repr=False)
 
     def view(self) -> WaitingView:
-        """Its snapshot view, built again only when its credit, rank or cache hits change."""
+        """Its snapshot view, built again only when where it stands changed."""
         view = self._view
         if (
             view is None
             or view.credit != self.credit
             or view.rank != self.rank
             or view.cached is not self.cached
+            or view.affine != self.affine
         ):
-            d = self.demand
             self._view = view = WaitingView(
                 self.id,
-                d.model,
-                d.arrival,
-                d.deadline,
+                self.demand,
                 self.excluded,
-                d.tpot_s,
-                d.prompt_tokens,
-                d.predicted_tokens,
-                d.reserve_tokens,
                 self.credit,
-                d.rejectable,
                 self.rank,
                 self.cached,
+                self.affine,
             )
         return view
 
@@ -114,6 +95,7 @@ class Scheduler:
         self.peer_load = peer_load  # other gateway replicas' load per backend
         self.fair: FairShare | None = FairShare(ShareRules())  # None: no fair share
         self.prefix: PrefixIndex | None = PrefixIndex()  # None: prefix caches not counted
+        self._sessions: OrderedDict[str, str] = OrderedDict()  # session -> its last backend
         self._prefix_version = -1
         self._waiting: dict[int, _Ticket] = {}
         self._ids = itertools.count(1)
@@ -263,6 +245,8 @@ class Scheduler:
         self._prefix_version = index.version
         for ticket in self._waiting.values():
             d = ticket.demand
+            if d.session is not None:
+                ticket.affine = self._sessions.get(d.session)
             if d.prefix and (changed or ticket._view is None):
                 found = index.cached_tokens(d.prefix, d.prompt_tokens)
                 if found != ticket.cached:
@@ -323,6 +307,11 @@ class Scheduler:
             )
             if self.prefix is not None:
                 self.prefix.record(backend.name, d.prefix)
+            if d.session is not None:
+                self._sessions[d.session] = backend.name
+                self._sessions.move_to_end(d.session)
+                if len(self._sessions) > MAX_SESSIONS:
+                    self._sessions.popitem(last=False)
             if self.fair is not None:
                 self.fair.charge(d.tenant, d.prompt_tokens, d.predicted_tokens, now)
             ticket.future.set_result(placement)

@@ -92,30 +92,73 @@ class BackendView:
 
 
 @dataclass(frozen=True, slots=True)
-class WaitingView:
-    """A request in the gateway queue."""
+class Demand:
+    """What a request needs, as the scheduler weighs it."""
 
-    ticket: int
     model: str
     arrival: float
     deadline: float
-    excluded: frozenset[str] = frozenset()
     tpot_s: float = math.inf
     prompt_tokens: int = 0
     predicted_tokens: int = 0
     reserve_tokens: int = 0  # KV it may need: prompt + a conservative output estimate
-    credit: float = 0.0
     rejectable: bool = True
+    tenant: str | None = None
+    prefix: tuple[int, ...] = ()  # its prompt's chunk hashes (gateway.prefix_index)
+    session: str | None = None  # the client's session id, when it gave one
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingView:
+    """A request in the gateway queue: what it needs, and where it stands this pass."""
+
+    ticket: int
+    demand: Demand
+    excluded: frozenset[str] = frozenset()
+    credit: float = 0.0
     rank: int = 0  # its tenant's fair-share rank: 0 least served (scheduling.fairness)
     cached: Mapping[str, int] = field(default_factory=dict)  # backend -> prompt tokens cached
+    affine: str | None = None  # the backend its session's last request went to
+
+    @property
+    def model(self) -> str:
+        return self.demand.model
+
+    @property
+    def arrival(self) -> float:
+        return self.demand.arrival
+
+    @property
+    def deadline(self) -> float:
+        return self.demand.deadline
+
+    @property
+    def tpot_s(self) -> float:
+        return self.demand.tpot_s
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.demand.prompt_tokens
+
+    @property
+    def predicted_tokens(self) -> int:
+        return self.demand.predicted_tokens
+
+    @property
+    def reserve_tokens(self) -> int:
+        return self.demand.reserve_tokens
+
+    @property
+    def rejectable(self) -> bool:
+        return self.demand.rejectable
 
     def prefill_on(self, backend: str) -> int:
         """Prompt tokens ``backend`` would compute: those not in its prefix cache."""
-        return self.prompt_tokens - self.cached.get(backend, 0)
+        return self.demand.prompt_tokens - self.cached.get(backend, 0)
 
     def kv_need_on(self, backend: str) -> int:
         """KV tokens it would take there: cached blocks are shared, not new."""
-        return self.reserve_tokens - self.cached.get(backend, 0)
+        return self.demand.reserve_tokens - self.cached.get(backend, 0)
 
 
 @dataclass(frozen=True, slots=True)

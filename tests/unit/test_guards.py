@@ -19,7 +19,7 @@ from gateway.scheduling.guards import (
 )
 from gateway.scheduling.latency import ItlParams, PrefillParams
 from gateway.scheduling.policy import SloPolicy
-from gateway.scheduling.snapshot import BackendView, InFlightView, Placement, WaitingView
+from gateway.scheduling.snapshot import BackendView, Demand, InFlightView, Placement, WaitingView
 
 # ITL = 10 ms + 1 ms per running request (no context term); prefill 100 ms flat up to 1000
 # tokens, then 0.1 ms a token.
@@ -72,20 +72,8 @@ def wait(
     rejectable: bool = True,
     rank: int = 0,
 ) -> WaitingView:
-    return WaitingView(
-        ticket,
-        model,
-        arrival,
-        deadline,
-        frozenset(),
-        tpot,
-        prompt,
-        predicted,
-        reserve,
-        credit,
-        rejectable,
-        rank,
-    )
+    demand = Demand(model, arrival, deadline, tpot, prompt, predicted, reserve, rejectable)
+    return WaitingView(ticket, demand, frozenset(), credit, rank)
 
 
 def test_ldf_orders_by_deadline_then_arrival() -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.scheduling.policy import least_loaded
-from gateway.scheduling.snapshot import BackendView, Placement, WaitingView
+from gateway.scheduling.snapshot import BackendView, Demand, Placement, WaitingView
 
 
 def backend(
@@ -19,7 +19,7 @@ def backend(
 
 
 def waiting(ticket: int, model: str = "m", excluded: tuple[str, ...] = ()) -> WaitingView:
-    return WaitingView(ticket, model, float(ticket), float(ticket) + 1, frozenset(excluded))
+    return WaitingView(ticket, Demand(model, float(ticket), float(ticket) + 1), frozenset(excluded))
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from gateway.prefix_index import CHUNK_CHARS, PrefixIndex, chunk_hashes, prompt_
 from gateway.scheduling.guards import BackendLoad, admit, placement_cost, predicted_prefill
 from gateway.scheduling.latency import PrefillParams
 from gateway.scheduling.policy import SloPolicy
-from gateway.scheduling.snapshot import BackendView, WaitingView
+from gateway.scheduling.snapshot import BackendView, Demand, WaitingView
 
 HISTORY = "x" * (4 * CHUNK_CHARS)
 
@@ -70,7 +70,7 @@ def _view(name: str) -> BackendView:
 
 
 def _wait(cached: dict[str, int]) -> WaitingView:
-    return WaitingView(1, "m", 0.0, 0.5, frozenset(), 0.05, 4000, 100, 6000, 0.0, True, 0, cached)
+    return WaitingView(1, Demand("m", 0.0, 0.5, 0.05, 4000, 100, 6000), cached=cached)
 
 
 def test_guards_count_the_uncached_prompt_on_each_backend() -> None:
@@ -101,3 +101,11 @@ def test_placement_prefers_the_backend_holding_the_prefix() -> None:
     # Without the index's hint, the tie goes by name.
     plan = SloPolicy(credits=False)([_wait({})], [_view("a"), _view("b")], 0.0)
     assert [p.backend for p in plan.placements] == ["a"]
+
+
+def test_a_session_scores_its_last_backend_up() -> None:
+    demand = Demand("m", 0.0, 0.5, 0.05, 400, 100, 600, session="s1")
+    plan = SloPolicy(credits=False)(
+        [WaitingView(1, demand, affine="b")], [_view("a"), _view("b")], 0.0
+    )
+    assert [p.backend for p in plan.placements] == ["b"]

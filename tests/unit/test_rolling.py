@@ -14,6 +14,7 @@ from gateway.scheduling.rolling import Check, check, cycles, pick
 from gateway.scheduling.snapshot import (
     Activation,
     BackendView,
+    Demand,
     InFlightView,
     Placement,
     RollingView,
@@ -62,18 +63,8 @@ def view(
 def wait(
     ticket: int = 1, *, budget: float = 1.0, prompt: int = 100, reserve: int = 300
 ) -> WaitingView:
-    return WaitingView(
-        ticket,
-        "m",
-        NOW,
-        NOW + budget,
-        frozenset(),
-        0.05,
-        prompt,
-        100,
-        reserve,
-        credit=1.0,
-    )
+    demand = Demand("m", NOW, NOW + budget, 0.05, prompt, 100, reserve)
+    return WaitingView(ticket, demand, credit=1.0)
 
 
 @pytest.mark.parametrize(
