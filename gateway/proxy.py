@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,15 +33,14 @@ from gateway.errors import (
     error_body,
 )
 from gateway.estimate import demand
-from gateway.fleet import Backend, Fleet
+from gateway.fleet import Fleet
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import is_openai_error
 from gateway.prefix_index import chunk_hashes, prompt_text
 from gateway.records import RecordLog, RequestRecord
-from gateway.scheduling.policy import SloPolicy
 from gateway.scheduling.scheduler import Lease, Scheduler
 from gateway.scheduling.snapshot import Demand
-from gateway.state.load import AdmissionRule, LeaseWeight
+from gateway.slots import Slot, Slots
 from gateway.state.sharing import LoadSharing
 from predictor.online import SampleLog
 
@@ -52,16 +50,6 @@ REQUEST_ID_HEADER = "x-request-id"
 BACKEND_HEADER = "x-sluice-backend"
 PREDICTED_HEADER = "x-sluice-predicted-tokens"
 _CLIENT_GONE = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
-
-
-def lease_weight(wanted: Demand) -> LeaseWeight:
-    """What a request weighs on its backend in the shared store. A best-effort request's
-    target binds no one: it was placed without a guarantee."""
-    return LeaseWeight(
-        kv_tokens=wanted.reserve_tokens,
-        context=wanted.prompt_tokens + wanted.predicted_tokens // 2,
-        tpot_s=wanted.tpot_s if wanted.rejectable else math.inf,
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +77,7 @@ class Proxy:
         sharing: LoadSharing | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._slots = Slots(scheduler, metrics, sharing, clock)
         self._fleet = fleet
         self._scheduler = scheduler
         self._metrics = metrics
@@ -97,7 +86,6 @@ class Proxy:
         self._timeouts = timeouts
         self._queue_timeout_s = queue_timeout_s
         self._send_timeout_s = send_timeout_s
-        self._sharing = sharing
         self._clock = clock
 
     def refused(self, record: RequestRecord, exc: SluiceError, reason: str) -> None:
@@ -108,45 +96,52 @@ class Proxy:
     async def generate(
         self, request: web.Request, call: GenerationCall, record: RequestRecord
     ) -> web.StreamResponse:
+        """Queue, dispatch (once more elsewhere if the backend cannot be reached), relay.
+        The slot is held by ``Slots.hold`` for as long as its attempt lasts."""
+        wanted = self._demand(call, record)
+        until = self._clock() + self._queue_timeout_s
+        excluded: set[str] = set()
         try:
-            lease, upstream = await self._dispatch(call, record)
+            try:
+                for attempt in (1, 2):
+                    async with self._slots.hold(wanted, excluded, until) as slot:
+                        upstream = await self._send(call, record, slot, attempt)
+                        if upstream is None:
+                            excluded.add(slot.lease.backend)
+                            continue
+                        try:
+                            return await self._relay(request, upstream, call, record, slot.lease)
+                        finally:
+                            upstream.close()
+                            self._correct_prefix(slot.lease, record)
+            except NoBackendAvailable as exc:
+                if not excluded:
+                    raise
+                raise UpstreamError(
+                    f"backend {record.backend} could not be reached, and no other backend was "
+                    "free to retry on"
+                ) from exc
+            raise UpstreamError("the backend could not be reached, nor another one on retry")
         except SluiceError as exc:
-            record.status = exc.status
-            if isinstance(exc, SloUnattainable):
-                record.outcome, record.reject_reason = "rejected", exc.reason
-            elif isinstance(exc, NoBackendAvailable):
-                record.outcome, record.reject_reason = "rejected", "no_backend"
-            else:
-                record.outcome = "failed"
-            self._finish(record)
+            if record.outcome == "pending":
+                record.status = exc.status
+                if isinstance(exc, SloUnattainable):
+                    record.outcome, record.reject_reason = "rejected", exc.reason
+                elif isinstance(exc, NoBackendAvailable):
+                    record.outcome, record.reject_reason = "rejected", "no_backend"
+                else:
+                    record.outcome = "failed"
             raise
-        except asyncio.CancelledError:
-            record.outcome = "cancelled"
-            self._finish(record)
-            raise
-        try:
-            if upstream.status != 200:
-                return await self._relay_status(upstream, record, lease)
-            if record.stream:
-                return await self._relay_stream(request, upstream, call, record, lease)
-            return await self._relay_body(upstream, record, lease)
         except asyncio.CancelledError:
             record.outcome = "cancelled"
             raise
         finally:
-            upstream.close()
-            self._correct_prefix(lease, record)
-            self._release(lease)
             self._finish(record)
 
-    async def _dispatch(
-        self, call: GenerationCall, record: RequestRecord
-    ) -> tuple[Lease, UpstreamResponse]:
-        excluded: set[str] = set()
-        failure: BackendUnreachable | None = None
+    def _demand(self, call: GenerationCall, record: RequestRecord) -> Demand:
         assert record.estimate is not None
         prefix = chunk_hashes(prompt_text(call.body)) if self._scheduler.prefix else ()
-        wanted = demand(
+        return demand(
             record.model,
             record.arrival,
             record.slo,
@@ -155,107 +150,60 @@ class Proxy:
             prefix,
             call.session,
         )
-        until = self._clock() + self._queue_timeout_s
-        for attempt in (1, 2):
-            try:
-                lease = await self._place(wanted, excluded, until)
-            except NoBackendAvailable as exc:
-                if failure is None:
-                    raise
-                raise UpstreamError(
-                    f"backend {record.backend} could not be reached, and no other backend "
-                    "was free to retry on"
-                ) from exc
-            record.dispatch, record.backend, record.attempts = (
-                lease.dispatched_at,
-                lease.backend,
-                attempt,
-            )
-            backend = lease.owner
-            self._metrics.admitted.labels(record.model, record.slo.class_name).inc()
-            body = call.body
-            if backend.config.priority_scheduling and lease.priority is not None:
-                body = {**body, "priority": lease.priority}
-            payload = json.dumps(backend.adapter.prepare(body, wants_usage=call.wants_usage))
-            try:
-                upstream = await backend.adapter.send(
-                    "POST", call.endpoint, payload.encode(), self._timeouts
-                )
-            except BackendUnreachable as exc:
-                self._release(lease, served=False)
-                log.warning("request %s: backend %s unreachable: %s", record.id, backend.name, exc)
-                self._fleet.mark_unreachable(lease.backend, str(exc))
-                excluded.add(lease.backend)
-                failure = exc
-                if attempt == 1:
-                    self._metrics.retries.labels(record.model).inc()
-                continue
-            except BackendTimeout as exc:
-                self._release(lease)
-                log.warning("request %s: backend %s timed out: %s", record.id, backend.name, exc)
-                self._fleet.response_failed(backend, "no response headers in time")
-                raise UpstreamTimeout(
-                    f"backend {backend.name} did not start its answer in time"
-                ) from exc
-            except BaseException:
-                self._release(lease)
-                raise
-            return lease, upstream
-        raise UpstreamError("the backend could not be reached, nor another one on retry")
 
-    async def _place(self, wanted: Demand, excluded: set[str], until: float) -> Lease:
-        """A slot from this replica's scheduler and, with replicas sharing load, the shared
-        store's admission of it too. A refused request goes back to the queue (same deadline,
-        so the same place in LDF order) and tries again after a short back-off."""
-        delay, timeout_s = 0.005, self._queue_timeout_s
-        while True:
-            lease = await self._scheduler.acquire(wanted, timeout_s=timeout_s, excluded=excluded)
-            if self._sharing is None:
-                return lease
-            try:
-                grant = await self._sharing.take(
-                    lease.backend, lease.ticket, lease_weight(wanted), self._rule(lease.owner)
-                )
-            except BaseException:
-                self._release(lease, served=False)
-                raise
-            if grant.admitted:
-                return lease
-            self._scheduler.release(lease, served=False)
-            self._metrics.shared_refusals.labels(lease.backend).inc()
-            if self._clock() + delay > until:
-                raise NoBackendAvailable(
-                    f"no backend slot for model {wanted.model!r} within the queue timeout: "
-                    f"backends are full across gateway replicas",
-                    headers={"Retry-After": "1"},
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
-            timeout_s = max(until - self._clock(), 0.001)
-
-    def _rule(self, backend: Backend) -> AdmissionRule:
-        """The admission rule the shared store applies: the policy's VBS rule when it runs
-        one, else the in-flight bound alone."""
-        policy = self._scheduler.policy
-        if isinstance(policy, SloPolicy) and policy.vbs:
-            return AdmissionRule(
-                backend.config.max_in_flight,
-                backend.kv_capacity,
-                backend.itl.params,
-                policy.epsilon,
-                policy.admit_margin,
+    async def _send(
+        self, call: GenerationCall, record: RequestRecord, slot: Slot, attempt: int
+    ) -> UpstreamResponse | None:
+        """Send the request on its slot; None when the backend could not be reached (the
+        slot is then marked unused, the backend down)."""
+        lease = slot.lease
+        record.dispatch, record.backend, record.attempts = (
+            lease.dispatched_at,
+            lease.backend,
+            attempt,
+        )
+        backend = slot.backend
+        self._metrics.admitted.labels(record.model, record.slo.class_name).inc()
+        body = call.body
+        if backend.config.priority_scheduling and lease.priority is not None:
+            body = {**body, "priority": lease.priority}
+        payload = json.dumps(backend.adapter.prepare(body, wants_usage=call.wants_usage))
+        try:
+            return await backend.adapter.send(
+                "POST", call.endpoint, payload.encode(), self._timeouts
             )
-        return AdmissionRule(backend.config.max_in_flight)
+        except BackendUnreachable as exc:
+            slot.served = False
+            log.warning("request %s: backend %s unreachable: %s", record.id, backend.name, exc)
+            self._fleet.mark_unreachable(lease.backend, str(exc))
+            if attempt == 1:
+                self._metrics.retries.labels(record.model).inc()
+            return None
+        except BackendTimeout as exc:
+            log.warning("request %s: backend %s timed out: %s", record.id, backend.name, exc)
+            self._fleet.response_failed(backend, "no response headers in time")
+            raise UpstreamTimeout(
+                f"backend {backend.name} did not start its answer in time"
+            ) from exc
+
+    async def _relay(
+        self,
+        request: web.Request,
+        upstream: UpstreamResponse,
+        call: GenerationCall,
+        record: RequestRecord,
+        lease: Lease,
+    ) -> web.StreamResponse:
+        if upstream.status != 200:
+            return await self._relay_status(upstream, record, lease)
+        if record.stream:
+            return await self._relay_stream(request, upstream, call, record, lease)
+        return await self._relay_body(upstream, record, lease)
 
     def _correct_prefix(self, lease: Lease, record: RequestRecord) -> None:
         index = self._scheduler.prefix
         if index is not None and record.cached_tokens is not None:
             index.correct(lease.backend, lease.inflight.cached_tokens, record.cached_tokens)
-
-    def _release(self, lease: Lease, *, served: bool = True) -> None:
-        self._scheduler.release(lease, served=served)
-        if self._sharing is not None:
-            self._sharing.give_back(lease.backend, lease.ticket)
 
     def _headers(self, record: RequestRecord) -> dict[str, str]:
         headers = {REQUEST_ID_HEADER: record.id}

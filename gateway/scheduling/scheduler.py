@@ -126,7 +126,7 @@ class Scheduler:
             self._withdraw(ticket)
             if isinstance(exc, TimeoutError):
                 raise NoBackendAvailable(
-                    f"no backend slot for model {demand.model!r} within {timeout_s:g}s",
+                    f"no backend slot for model {demand.model!r} within {timeout_s:.3g}s",
                     headers={"Retry-After": "1"},
                 ) from None
             raise

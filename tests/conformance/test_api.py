@@ -348,12 +348,12 @@ def _stream_body(target: Target, prompt: str) -> dict[str, Any]:
 def test_the_role_chunk_comes_with_the_first_token(target: Target) -> None:
     # A long prompt: prefill takes a while, and the assistant-role chunk waits for it (a
     # client timing the first chunk, as `vllm bench serve` does, measures the prefill).
-    first, text = _first_chunks(target, _stream_body(target, _fresh_prompt(600)))
+    first, text = _first_chunks(target, _stream_body(target, _fresh_prompt(150)))
     assert first >= 0.5 * text
 
 
 def test_a_repeated_prompt_hits_the_prefix_cache(target: Target) -> None:
-    prompt = _fresh_prompt(600)
+    prompt = _fresh_prompt(150)
     before_queries = _gauge(target, "vllm:prefix_cache_queries_total")
     before_hits = _gauge(target, "vllm:prefix_cache_hits_total")
     _, cold = _first_chunks(target, _stream_body(target, prompt))
@@ -361,6 +361,6 @@ def test_a_repeated_prompt_hits_the_prefix_cache(target: Target) -> None:
     queries = _gauge(target, "vllm:prefix_cache_queries_total") - before_queries
     hits = _gauge(target, "vllm:prefix_cache_hits_total") - before_hits
     # Both prompts were looked up; most of the second one was found.
-    assert queries >= 2 * 600
+    assert queries >= 2 * 150
     assert hits >= 0.8 * queries / 2
     assert warm < cold
