@@ -20,17 +20,19 @@ import argparse
 import json
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
 from bench.data import PromptSample, data_file, open_text
 from bench.guards import BACKENDS, summarize
 from bench.publish import REPORTS, publish
+from bench.sim.prefix_cache import token_ids
 from bench.sim.profiles import get_profile
 from bench.sim.virtual import Arrival, simulate
 from bench.stats import percentile
 from bench.virtual_gateway import run_virtual
-from bench.workload import SCORPIO_CLASSES, Planned, Result
+from bench.workload import SCORPIO_CLASSES, Planned, Result, azure_gaps, scaled_arrivals
 from gateway.config import LatencyPrior, SchedulerConfig
 from predictor import artifact
 
@@ -84,6 +86,66 @@ def mooncake(count: int, max_tokens: int) -> list[tuple[float, PromptSample]]:
             sample = PromptSample(f"mooncake-{len(out)}", text, tokens, output)
             out.append((row["timestamp"] / 1000.0, sample))
     return out
+
+
+THINK_S = 5.0  # between a turn and the conversation's next one (open loop)
+MAX_TURNS = 6  # a conversation's first turns only: the replay's span stays near its rate
+
+
+def sharegpt_turns(count: int, max_tokens: int) -> list[list[PromptSample]]:
+    """ShareGPT conversations of two turns or more, each turn's prompt its whole history:
+    the earlier turns' prompts and replies (the data set has reply lengths, not texts:
+    replies are stand-in words of the true length) and the new prompt. Token counts are the
+    simulator's (a word or mark each), so that a turn's tokens begin with the last turn's."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    with open_text(data_file("sharegpt_lengths.jsonl")) as handle:
+        for line in handle:
+            row = json.loads(line)
+            rows.setdefault(str(row["conversation"]), []).append(row)
+    conversations: list[list[PromptSample]] = []
+    total = 0
+    for name, turns in rows.items():
+        if len(turns) < 2:
+            continue
+        turns = sorted(turns, key=lambda r: int(r["turn"]))[:MAX_TURNS]
+        history = ""
+        samples = []
+        for row in turns:
+            prompt = f"{history}\n<user> {row['prompt']}" if history else f"<user> {row['prompt']}"
+            output = max(1, min(int(row["output_tokens"]), max_tokens))
+            tokens = len(token_ids(prompt))
+            samples.append(PromptSample(f"{name}-{row['turn']}", prompt, tokens, output))
+            reply = " ".join(_word(zlib.crc32(name.encode()) % 10_000, i) for i in range(output))
+            history = f"{prompt}\n<assistant> {reply}"
+        if any(s.prompt_tokens + s.output_tokens > 16_000 for s in samples):
+            continue  # beyond the profile's context
+        conversations.append(samples)
+        total += len(samples)
+        if total >= count:
+            break
+    return conversations
+
+
+def conversation_load(
+    conversations: list[list[PromptSample]], rate: float, seed: int
+) -> list[Planned]:
+    """Conversations starting by the Azure conversation trace's gaps, at ``rate`` requests
+    per second in all, each turn ``THINK_S`` after the one before (open loop)."""
+    import random
+
+    rng = random.Random(seed)
+    turns = sum(len(c) for c in conversations)
+    # Over a span of turns/rate, the conversations start early enough for their last turns.
+    span = turns / rate
+    window = max(span - THINK_S * (MAX_TURNS - 1), span / 4)
+    starts = scaled_arrivals(azure_gaps(), len(conversations), len(conversations) / window)
+    classes = list(SCORPIO_CLASSES)
+    items = [
+        Planned(start + k * THINK_S, sample, rng.choice(classes), sample.output_tokens)
+        for start, conversation in zip(starts, conversations, strict=True)
+        for k, sample in enumerate(conversation)
+    ]
+    return sorted(items, key=lambda i: i.at)
 
 
 def ideal_hit_rate(count: int) -> float:
@@ -157,35 +219,67 @@ def run_system(items: list[Planned], name: str, span: float) -> dict[str, Any]:
     return summary
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    trace = mooncake(args.requests, args.max_tokens)
-    per_backend = capacity([s for _, s in trace])
-    fleet = per_backend * BACKENDS
-    print(f"capacity: {per_backend:.2f} req/s per server, {fleet:.2f} for the fleet", flush=True)
+def sweep(
+    name: str, plans: dict[float, list[Planned]], systems: list[str]
+) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
-    for load in args.loads:
-        items = plan_load(trace, load * fleet, seed=int(load * 100))
+    for load, items in plans.items():
         span = items[-1].at
-        for name in args.systems:
-            row = run_system(items, name, span)
-            results.setdefault(f"{load:g}", {})[name] = row
+        for system in systems:
+            row = run_system(items, system, span)
+            results.setdefault(f"{load:g}", {})[system] = row
             print(
-                f"load {load:g}x {name}: goodput {row['goodput_rps']:.2f} req/s, attainment "
+                f"{name} {load:g}x {system}: goodput {row['goodput_rps']:.2f} req/s, attainment "
                 f"{row['attainment_offered']:.3f}/{row['attainment_admitted'] or 0:.3f}, hit rate "
                 f"{row['hit_rate']:.3f}, TTFT p50 {row['ttft_p50_ms'] or 0:.0f} ms "
                 f"({row['wall_s']} s)",
                 flush=True,
             )
+    return results
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    traces: dict[str, Any] = {}
+    if "mooncake" in args.traces:
+        trace = mooncake(args.requests, args.max_tokens)
+        fleet = capacity([s for _, s in trace]) * BACKENDS
+        print(f"mooncake: capacity {fleet:.2f} req/s for the fleet", flush=True)
+        plans = {load: plan_load(trace, load * fleet, seed=int(load * 100)) for load in args.loads}
+        traces["mooncake"] = {
+            "description": f"the first {len(trace)} requests of the Mooncake conversation "
+            "trace (prompts built so that their 512-token blocks repeat where the trace's "
+            "hash ids do), arrivals by the trace's times rescaled to each load",
+            "requests": len(trace),
+            "capacity_rps": fleet,
+            "ideal_hit_rate": ideal_hit_rate(len(trace)),
+            "results": sweep("mooncake", plans, args.systems),
+        }
+    if "sharegpt" in args.traces:
+        conversations = sharegpt_turns(args.requests, args.max_tokens)
+        turns = [s for c in conversations for s in c]
+        fleet = capacity(turns) * BACKENDS
+        print(f"sharegpt: capacity {fleet:.2f} req/s for the fleet", flush=True)
+        plans = {
+            load: conversation_load(conversations, load * fleet, seed=int(load * 100))
+            for load in args.loads
+        }
+        traces["sharegpt"] = {
+            "description": f"{len(conversations)} ShareGPT conversations ({len(turns)} turns, "
+            f"the first {MAX_TURNS} at most of each) replayed turn by turn with their whole "
+            "history (replies as stand-in words of the "
+            f"true length), each turn {THINK_S:g} s after the one before, conversations "
+            "starting by the Azure conversation trace's gaps",
+            "requests": len(turns),
+            "capacity_rps": fleet,
+            "ideal_hit_rate": None,
+            "results": sweep("sharegpt", plans, args.systems),
+        }
     return {
         "benchmark": "prefix",
-        "trace": "mooncake_conversation_trace",
-        "requests": len(trace),
         "backends": BACKENDS,
         "profile": PROFILE,
-        "capacity_rps": fleet,
         "max_tokens": args.max_tokens,
-        "ideal_hit_rate": ideal_hit_rate(len(trace)),
-        "results": results,
+        "traces": traces,
     }
 
 
@@ -195,16 +289,22 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def verdicts(data: dict[str, Any]) -> list[str]:
     lines = []
-    for load, rows in data["results"].items():
-        mine, plain = rows.get("sluice_prefix"), rows.get("sluice_no_prefix")
-        if mine is None or plain is None or float(load) not in (1.0, 1.5):
-            continue
-        gain = mine["goodput_rps"] / plain["goodput_rps"] if plain["goodput_rps"] else None
-        verdict = "met" if gain is not None and gain >= TARGET_GAIN else "missed"
-        lines.append(
-            f"- Mooncake at {load}x: goodput {_fmt(gain, '.2f')}x Sluice without prefix "
-            f"awareness (target >= {TARGET_GAIN}: {verdict})."
-        )
+    for trace, block in data["traces"].items():
+        for load, rows in block["results"].items():
+            mine, plain = rows.get("sluice_prefix"), rows.get("sluice_no_prefix")
+            if mine is None or plain is None:
+                continue
+            if float(load) in (1.0, 1.5):
+                gain = mine["goodput_rps"] / plain["goodput_rps"] if plain["goodput_rps"] else None
+                verdict = "met" if gain is not None and gain >= TARGET_GAIN else "missed"
+                lines.append(
+                    f"- {trace} at {load}x: goodput {_fmt(gain, '.2f')}x Sluice without prefix "
+                    f"awareness (target >= {TARGET_GAIN}: {verdict})."
+                )
+            lines.append(
+                f"- {trace} at {load}x: fleet hit rate {mine['hit_rate']:.3f} with prefix "
+                f"awareness, {plain['hit_rate']:.3f} without."
+            )
     return lines
 
 
@@ -212,42 +312,47 @@ def markdown(data: dict[str, Any]) -> str:
     lines = [
         "# Prefix-cache-aware placement",
         "",
-        f"Virtual time: the gateway's scheduling code against the simulator's engine with "
-        f"automatic prefix caching; {data['backends']} simulated {data['profile']} servers; the "
-        f"first {data['requests']} requests of the Mooncake conversation trace (prompts built "
-        "so that their 512-token blocks repeat where the trace's hash ids do), arrivals by the "
-        "trace's times rescaled to each load of the fleet's capacity without cache hits "
-        f"({data['capacity_rps']:.2f} req/s); replies of the trace's lengths up to "
-        f"{data['max_tokens']} tokens; SCORPIO's six classes drawn uniformly. Hit rate: the "
-        "engines' own prefix-cache counters (hit tokens over queried tokens).",
-        "",
-        "| load | system | goodput req/s | vs no prefix | attainment offered | admitted | "
-        "TTFT p50 ms | TTFT p99 ms | hit rate | rejected |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "Virtual time: the gateway's scheduling code against the simulator's engine with "
+        f"automatic prefix caching; {data['backends']} simulated {data['profile']} servers; "
+        f"replies of the traces' lengths up to {data['max_tokens']} tokens; SCORPIO's six "
+        "classes drawn uniformly. Loads are multiples of the fleet's capacity on each trace "
+        "without cache hits. Hit rate: the engines' own prefix-cache counters (hit tokens over "
+        "queried tokens).",
     ]
-    for load, rows in data["results"].items():
-        base = rows.get("sluice_no_prefix", {}).get("goodput_rps")
-        for name, row in rows.items():
-            ratio = row["goodput_rps"] / base if base else None
-            lines.append(
-                f"| {load}x | {LABELS[name]} | {row['goodput_rps']:.2f} | {_fmt(ratio, '.2f')} | "
-                f"{row['attainment_offered']:.3f} | {_fmt(row['attainment_admitted'], '.3f')} | "
-                f"{_fmt(row['ttft_p50_ms'], '.0f')} | {_fmt(row['ttft_p99_ms'], '.0f')} | "
-                f"{row['hit_rate']:.3f} | {row['rejection_rate']:.3f} |"
-            )
-    lines += [
-        "",
-        f"At most {data['ideal_hit_rate']:.3f} of these prompts' tokens could hit at all (each "
-        "request's leading blocks seen in any earlier one, as one server with an unbounded "
-        "cache would find them). The servers' caches hold only what running requests leave "
-        "free, and near capacity these long prompts (12k tokens on average) keep the KV "
-        "nearly full, so a conversation's next turn mostly finds its blocks evicted wherever "
-        "it goes.",
-    ]
+    for trace, block in data["traces"].items():
+        lines += [
+            "",
+            f"## {trace}",
+            "",
+            f"{block['description'][0].upper()}{block['description'][1:]}; capacity "
+            f"{block['capacity_rps']:.2f} req/s.",
+            "",
+            "| load | system | goodput req/s | vs no prefix | attainment offered | admitted | "
+            "TTFT p50 ms | TTFT p99 ms | hit rate | rejected |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for load, rows in block["results"].items():
+            base = rows.get("sluice_no_prefix", {}).get("goodput_rps")
+            for name, row in rows.items():
+                ratio = row["goodput_rps"] / base if base else None
+                lines.append(
+                    f"| {load}x | {LABELS[name]} | {row['goodput_rps']:.2f} | "
+                    f"{_fmt(ratio, '.2f')} | {row['attainment_offered']:.3f} | "
+                    f"{_fmt(row['attainment_admitted'], '.3f')} | "
+                    f"{_fmt(row['ttft_p50_ms'], '.0f')} | {_fmt(row['ttft_p99_ms'], '.0f')} | "
+                    f"{row['hit_rate']:.3f} | {row['rejection_rate']:.3f} |"
+                )
+        if block.get("ideal_hit_rate") is not None:
+            lines += [
+                "",
+                f"At most {block['ideal_hit_rate']:.3f} of these prompts' tokens could hit at "
+                "all (each request's leading blocks seen in any earlier one, as one server with "
+                "an unbounded cache would find them).",
+            ]
     lines += ["", "## Targets", "", *verdicts(data), ""]
     lines += [
-        "Not in this report (the issue asks for them): the ShareGPT conversations replayed turn "
-        "by turn, and vllm-router's and SMG's cache-aware policies on the same fleet.",
+        "Not in this report (the issue asks for them): vllm-router's and SMG's cache-aware "
+        "policies on the same fleet.",
         "",
         "Command: `python -m bench.prefix`.",
         "",
@@ -261,26 +366,25 @@ def plot(data: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    loads = list(data["results"])
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for name in SYSTEMS:
-        if not all(name in data["results"][x] for x in loads):
-            continue
-        axes[0].plot(
-            loads,
-            [data["results"][x][name]["goodput_rps"] for x in loads],
-            "-o",
-            label=LABELS[name],
-        )
-        axes[1].plot(
-            loads, [data["results"][x][name]["hit_rate"] for x in loads], "-o", label=LABELS[name]
-        )
-    axes[0].set_xlabel("load (x capacity)")
-    axes[0].set_ylabel("goodput (req/s)")
-    axes[1].set_xlabel("load (x capacity)")
-    axes[1].set_ylabel("fleet prefix hit rate")
-    for axis in axes:
-        axis.legend(fontsize=8)
+    traces = list(data["traces"])
+    figure, axes = plt.subplots(len(traces), 2, figsize=(10, 4 * len(traces)), squeeze=False)
+    for row_axes, trace in zip(axes, traces, strict=True):
+        results = data["traces"][trace]["results"]
+        loads = list(results)
+        for name in SYSTEMS:
+            if not all(name in results[x] for x in loads):
+                continue
+            row_axes[0].plot(
+                loads, [results[x][name]["goodput_rps"] for x in loads], "-o", label=LABELS[name]
+            )
+            row_axes[1].plot(
+                loads, [results[x][name]["hit_rate"] for x in loads], "-o", label=LABELS[name]
+            )
+        row_axes[0].set_title(f"{trace}: goodput")
+        row_axes[1].set_title(f"{trace}: fleet prefix hit rate")
+        for axis in row_axes:
+            axis.set_xlabel("load (x capacity)")
+            axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -290,7 +394,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--loads", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0])
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
-    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument(
+        "--traces", nargs="+", default=["mooncake", "sharegpt"], choices=["mooncake", "sharegpt"]
+    )
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--out", type=Path, default=REPORTS)
     args = parser.parse_args()

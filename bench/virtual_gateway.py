@@ -20,17 +20,17 @@ from bench.sim.prefix_cache import block_hashes, token_ids
 from bench.sim.profiles import Profile
 from bench.workload import SCORPIO_CLASSES, Planned, Result
 from gateway.config import BackendConfig, GatewayConfig, LatencyPrior, SchedulerConfig, TenantConfig
-from gateway.errors import NoBackendAvailable, SloUnattainable
 from gateway.estimate import demand, estimate
 from gateway.fleet import Backend, Fleet, InFlight
 from gateway.prefix_index import chunk_hashes, prompt_text
 from gateway.runtime import fair_share, make_policy, prefix_index
 from gateway.scheduling.scheduler import Scheduler
-from gateway.scheduling.snapshot import Placement
+from gateway.scheduling.snapshot import Placement, Rejection
 from gateway.slo import SloTarget
 from predictor.model import LengthModel
 
 MODEL = "virtual-model"
+GUARD_REASONS = ("ttft_unattainable", "tpot_unattainable")
 
 
 @dataclass(slots=True)
@@ -126,7 +126,7 @@ def run_virtual(
         engine.on_finish = on_finish(backend.name)
         engines[backend.name] = engine
 
-    pending: dict[int, tuple[Planned, float, asyncio.Future[Placement]]] = {}
+    pending: dict[int, tuple[Planned, float, asyncio.Future[Placement | Rejection]]] = {}
 
     def start_step(name: str) -> None:
         if name not in steps:
@@ -140,9 +140,12 @@ def run_virtual(
             if not future.done():
                 continue
             del pending[ticket]
-            error = future.exception()
-            if error is not None:
-                reason = error.reason if isinstance(error, SloUnattainable) else "error"
+            placement = future.result()
+            if isinstance(placement, Rejection):
+                if placement.reason == "no_backend":
+                    results.append(Result(item.slo_class, 503, tenant=item.tenant))
+                    continue
+                reason = placement.reason if placement.reason in GUARD_REASONS else "error"
                 results.append(
                     Result(
                         item.slo_class,
@@ -153,7 +156,6 @@ def run_virtual(
                     )
                 )
                 continue
-            placement = future.result()
             inflight = fleet[placement.backend].inflight[ticket]
             true_output = min(item.sample.output_tokens, item.max_tokens)
             blocks = (
@@ -187,11 +189,7 @@ def run_virtual(
         expected = estimate(body, lengths, scheduler.output_quantile)
         prefix = chunk_hashes(prompt_text(body)) if queue.prefix is not None else ()
         wanted = demand(MODEL, now[0], slo, expected, item.tenant, prefix)
-        try:
-            ticket, future = queue.submit(wanted, loop)
-        except NoBackendAvailable:
-            results.append(Result(item.slo_class, 503, tenant=item.tenant))
-            return
+        ticket, future = queue.submit(wanted, loop)
         pending[ticket] = (item, now[0], future)
 
     arrivals = sorted(items, key=lambda i: i.at)

@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 from gateway.config import TenantLimits
 from gateway.errors import RateLimited
 from gateway.quota import QuotaAsk, QuotaBook, QuotaState, Settlement
+from gateway.refusals import REASON_HEADER
 from gateway.state.store import QuotaStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-REASON_HEADER = "x-sluice-reject-reason"
 MAX_TENANTS_PER_CALL = 500
 MAX_PENDING_TENANTS = 100_000
 

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from gateway.errors import NoBackendAvailable
 from gateway.fleet import Backend
 from gateway.metrics import GatewayMetrics
+from gateway.refusals import refusal
 from gateway.scheduling.policy import SloPolicy
 from gateway.scheduling.scheduler import Lease, Scheduler
-from gateway.scheduling.snapshot import Demand
+from gateway.scheduling.snapshot import Demand, Rejection
 from gateway.state.load import AdmissionRule, LeaseWeight
 from gateway.state.sharing import LoadSharing
 
@@ -63,7 +64,7 @@ class Slots:
         self, wanted: Demand, excluded: Collection[str], until: float
     ) -> AsyncIterator[Slot]:
         """A slot for ``wanted`` (not on ``excluded``) by ``until``, given back on leaving.
-        Raises what the scheduler raises: NoBackendAvailable, SloUnattainable."""
+        A scheduler's refusal is raised as its HTTP error (``refusals``)."""
         slot = Slot(await self._take(wanted, excluded, until))
         try:
             yield slot
@@ -75,6 +76,8 @@ class Slots:
         timeout_s = max(until - self._clock(), 0.001)
         while True:
             lease = await self._scheduler.acquire(wanted, timeout_s=timeout_s, excluded=excluded)
+            if isinstance(lease, Rejection):
+                raise refusal(lease, wanted)
             if self._sharing is None:
                 return lease
             try:

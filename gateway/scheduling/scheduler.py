@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import math
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from gateway.errors import NoBackendAvailable, SloUnattainable
 from gateway.fleet import Backend, Fleet, InFlight
 from gateway.prefix_index import PrefixIndex
 from gateway.scheduling.fairness import FairShare, ShareRules
@@ -31,7 +29,6 @@ from gateway.scheduling.snapshot import (
 )
 from gateway.state.load import LoadTotals
 
-REASON_HEADER = "x-sluice-reject-reason"
 MAX_SESSIONS = 100_000  # sessions whose last backend is remembered, least recent dropped
 
 
@@ -40,7 +37,7 @@ class _Ticket:
     id: int
     demand: Demand
     excluded: frozenset[str]
-    future: asyncio.Future[Placement] = field(repr=False)
+    future: asyncio.Future[Placement | Rejection] = field(repr=False)
     credit: float = 0.0
     rank: int = 0
     cached: dict[str, int] = field(default_factory=dict)
@@ -115,21 +112,21 @@ class Scheduler:
 
     async def acquire(
         self, demand: Demand, *, timeout_s: float, excluded: Collection[str] = ()
-    ) -> Lease:
-        """Wait for a slot on a backend serving the model. Raises NoBackendAvailable when
-        none serves it or none frees up in time, SloUnattainable when the policy rejects."""
+    ) -> Lease | Rejection:
+        """Wait for a slot on a backend serving the model; or the reason it will not get
+        one (none serves it, none frees up in time, the policy refuses it)."""
         ticket = self._enqueue(demand, excluded, asyncio.get_running_loop())
         try:
             async with asyncio.timeout(timeout_s):
                 placement = await asyncio.shield(ticket.future)
-        except (TimeoutError, asyncio.CancelledError) as exc:
+        except TimeoutError:
             self._withdraw(ticket)
-            if isinstance(exc, TimeoutError):
-                raise NoBackendAvailable(
-                    f"no backend slot for model {demand.model!r} within {timeout_s:.3g}s",
-                    headers={"Retry-After": "1"},
-                ) from None
+            return Rejection(ticket.id, "queue_timeout", budget_s=timeout_s)
+        except asyncio.CancelledError:
+            self._withdraw(ticket)
             raise
+        if isinstance(placement, Rejection):
+            return placement
         backend = self._fleet[placement.backend]
         inflight = backend.inflight[ticket.id]
         return Lease(
@@ -143,8 +140,9 @@ class Scheduler:
 
     def submit(
         self, demand: Demand, loop: asyncio.AbstractEventLoop, excluded: Collection[str] = ()
-    ) -> tuple[int, asyncio.Future[Placement]]:
-        """Queue a request without waiting: its future resolves to a Placement or raises.
+    ) -> tuple[int, asyncio.Future[Placement | Rejection]]:
+        """Queue a request without waiting: its future resolves to a Placement or a
+        Rejection.
 
         For drivers that run the scheduler on a clock of their own (the virtual-time
         benchmark); a server uses ``acquire``."""
@@ -155,13 +153,12 @@ class Scheduler:
         self, demand: Demand, excluded: Collection[str], loop: asyncio.AbstractEventLoop
     ) -> _Ticket:
         excluded_set = frozenset(excluded)
+        ticket = _Ticket(next(self._ids), demand, excluded_set, loop.create_future())
         # Cold start: a model some backend is meant to serve waits for one to be ready (until
         # its deadline) rather than failing; only a model no backend could serve fails now.
         if not any(b.name not in excluded_set for b in self._fleet.expected_for(demand.model)):
-            raise NoBackendAvailable(
-                f"no healthy backend serves model {demand.model!r}", headers={"Retry-After": "1"}
-            )
-        ticket = _Ticket(next(self._ids), demand, excluded_set, loop.create_future())
+            ticket.future.set_result(Rejection(ticket.id, "no_backend"))
+            return ticket
         self._waiting[ticket.id] = ticket
         self.schedule()
         return ticket
@@ -171,8 +168,10 @@ class Scheduler:
         self._waiting.pop(ticket.id, None)
         future = ticket.future
         if future.done() and not future.cancelled() and future.exception() is None:
-            self.finish(self._fleet[future.result().backend], ticket.id, served=False)
-            self.schedule()
+            placement = future.result()
+            if isinstance(placement, Placement):
+                self.finish(self._fleet[placement.backend], ticket.id, served=False)
+                self.schedule()
         elif not future.done():
             future.cancel()
 
@@ -321,34 +320,8 @@ class Scheduler:
                 self._waiting[ticket_id].credit = credit
 
     def _reject(self, ticket: _Ticket, rejection: Rejection, now: float) -> None:
-        budget = ticket.demand.deadline - now
-        if rejection.reason == "no_ready_backend":
-            ticket.future.set_exception(
-                NoBackendAvailable(
-                    f"no backend for model {ticket.demand.model!r} became ready before the "
-                    "request's time-to-first-token deadline",
-                    headers={"Retry-After": "1", REASON_HEADER: rejection.reason},
-                )
-            )
-            return
-        if rejection.reason == "tpot_unattainable":
-            message = (
-                f"no backend can decode model {ticket.demand.model!r} at "
-                f"{ticket.demand.tpot_s * 1000:.0f} ms per token"
-            )
-        else:
-            message = (
-                f"time to first token cannot be met: predicted {rejection.predicted_s * 1000:.0f}"
-                f" ms, {max(0.0, budget) * 1000:.0f} ms of the budget left"
-            )
-        retry = max(1, math.ceil(rejection.predicted_s - max(0.0, budget)))
-        ticket.future.set_exception(
-            SloUnattainable(
-                message,
-                reason=rejection.reason,
-                headers={"Retry-After": str(retry), REASON_HEADER: rejection.reason},
-            )
-        )
+        budget = max(0.0, ticket.demand.deadline - now)
+        ticket.future.set_result(replace(rejection, budget_s=budget))
 
     async def run_ticks(self, interval_s: float) -> None:
         """Re-run the policy while requests wait: their budgets shrink, credits grow."""

@@ -170,9 +170,15 @@ class Placement:
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
+    """A request the scheduler will not serve, for its caller to answer. ``reason``:
+    ``ttft_unattainable``, ``tpot_unattainable``, ``no_ready_backend`` (held through a cold
+    start past its deadline), ``no_backend`` (no backend is meant to serve the model), or
+    ``queue_timeout`` (no slot within the wait it was given)."""
+
     ticket: int
     reason: str
     predicted_s: float = 0.0  # predicted time to first token that could not fit the budget
+    budget_s: float = 0.0  # its TTFT budget left at the refusal (queue_timeout: the wait)
 
 
 @dataclass(frozen=True, slots=True)
