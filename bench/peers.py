@@ -144,13 +144,22 @@ PEERS = {
             _vllm_router("power_of_two"),
         ),
         Peer("smg-least-load", "SMG least_load", "smg", "smg", _smg("least_load")),
+        Peer(
+            "vllm-router-cache",
+            "vllm-router cache_aware",
+            "vllm-router",
+            "vllm-router",
+            _vllm_router("cache_aware"),
+        ),
+        Peer("smg-cache", "SMG cache_aware", "smg", "smg", _smg("cache_aware")),
         Peer("litellm-least-busy", "LiteLLM least-busy", "litellm[proxy]", "litellm", _litellm),
     )
 }
 LABELS = {"sluice": "Sluice (full guards)", "direct": "direct (client round-robin)"} | {
     name: p.label for name, p in PEERS.items()
 }
-SYSTEMS = ["sluice", *PEERS, "direct"]
+CACHE_AWARE = ["vllm-router-cache", "smg-cache"]  # bench.prefix's peers
+SYSTEMS = ["sluice", *(p for p in PEERS if p not in CACHE_AWARE), "direct"]
 
 
 def install(peer: Peer) -> Path:

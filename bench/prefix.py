@@ -17,22 +17,37 @@ every case. Writes bench/reports/prefix.{json,md,png}.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
+import tempfile
 import time
 import zlib
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from bench.data import PromptSample, data_file, open_text
-from bench.guards import BACKENDS, summarize
+from bench.guards import BACKENDS, dilated_env, gateway_config, summarize
+from bench.peers import CACHE_AWARE, client_headers, running
+from bench.peers import LABELS as PEER_LABELS
+from bench.peers import Fleet as PeerFleet
+from bench.procs import sim_fleet
 from bench.publish import REPORTS, publish
 from bench.sim.prefix_cache import token_ids
 from bench.sim.profiles import get_profile
 from bench.sim.virtual import Arrival, simulate
 from bench.stats import percentile
 from bench.virtual_gateway import run_virtual
-from bench.workload import SCORPIO_CLASSES, Planned, Result, azure_gaps, scaled_arrivals
+from bench.workload import (
+    SCORPIO_CLASSES,
+    Planned,
+    Result,
+    azure_gaps,
+    run_open_loop,
+    scaled_arrivals,
+)
 from gateway.config import LatencyPrior, SchedulerConfig
 from predictor import artifact
 
@@ -49,6 +64,8 @@ LABELS = {
     "least_loaded": "least-loaded, no queue",
 }
 TARGET_GAIN = 1.3
+HTTP_MODEL = "prefix-model"
+HTTP_THINK_S = 1.0  # fewer requests sustain the load over HTTP with a shorter think time
 
 
 def _word(block: int, index: int) -> str:
@@ -127,21 +144,21 @@ def sharegpt_turns(count: int, max_tokens: int) -> list[list[PromptSample]]:
 
 
 def conversation_load(
-    conversations: list[list[PromptSample]], rate: float, seed: int
+    conversations: list[list[PromptSample]], rate: float, seed: int, think_s: float = THINK_S
 ) -> list[Planned]:
     """Conversations starting by the Azure conversation trace's gaps, at ``rate`` requests
-    per second in all, each turn ``THINK_S`` after the one before (open loop)."""
+    per second in all, each turn ``think_s`` after the one before (open loop)."""
     import random
 
     rng = random.Random(seed)
     turns = sum(len(c) for c in conversations)
     # Over a span of turns/rate, the conversations start early enough for their last turns.
     span = turns / rate
-    window = max(span - THINK_S * (MAX_TURNS - 1), span / 4)
+    window = max(span - think_s * (MAX_TURNS - 1), span / 4)
     starts = scaled_arrivals(azure_gaps(), len(conversations), len(conversations) / window)
     classes = list(SCORPIO_CLASSES)
     items = [
-        Planned(start + k * THINK_S, sample, rng.choice(classes), sample.output_tokens)
+        Planned(start + k * think_s, sample, rng.choice(classes), sample.output_tokens)
         for start, conversation in zip(starts, conversations, strict=True)
         for k, sample in enumerate(conversation)
     ]
@@ -308,6 +325,31 @@ def verdicts(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def http_verdicts(data: dict[str, Any]) -> list[str]:
+    http = data.get("http")
+    if http is None:
+        return []
+    lines = []
+    for load, rows in http["results"].items():
+        mine = rows.get("sluice_prefix")
+        peers = {p: rows[p] for p in CACHE_AWARE if p in rows}
+        if mine is None or not peers:
+            continue
+        best_name = max(peers, key=lambda p: peers[p]["goodput_rps"])
+        best = peers[best_name]
+        gain = mine["goodput_rps"] / best["goodput_rps"] if best["goodput_rps"] else None
+        verdict = "met" if gain is not None and gain >= TARGET_GAIN else "missed"
+        top_hits = max(p["hit_rate"] for p in peers.values())
+        hits_verdict = "met" if mine["hit_rate"] >= top_hits else "missed"
+        lines.append(
+            f"- HTTP ShareGPT at {load}x: goodput {_fmt(gain, '.2f')}x the best cache-aware "
+            f"peer ({HTTP_LABELS[best_name]}) (target >= {TARGET_GAIN}: {verdict}); hit rate "
+            f"{mine['hit_rate']:.3f}, the best peer's {top_hits:.3f} (target: no lower: "
+            f"{hits_verdict})."
+        )
+    return lines
+
+
 def markdown(data: dict[str, Any]) -> str:
     lines = [
         "# Prefix-cache-aware placement",
@@ -349,14 +391,39 @@ def markdown(data: dict[str, Any]) -> str:
                 "all (each request's leading blocks seen in any earlier one, as one server with "
                 "an unbounded cache would find them).",
             ]
-    lines += ["", "## Targets", "", *verdicts(data), ""]
-    lines += [
-        "Not in this report (the issue asks for them): vllm-router's and SMG's cache-aware "
-        "policies on the same fleet.",
-        "",
-        "Command: `python -m bench.prefix`.",
-        "",
-    ]
+    http = data.get("http")
+    if http is not None:
+        lines += [
+            "",
+            "## Over HTTP, with the cache-aware peers",
+            "",
+            f"{http['description'][0].upper()}{http['description'][1:]}; capacity "
+            f"{http['capacity_rps']:.2f} req/s in modelled time. Times below are modelled "
+            "(measured / dilation).",
+            "",
+            "| load | system | goodput req/s | vs best peer | attainment offered | admitted | "
+            "TTFT p50 ms | TTFT p99 ms | hit rate | rejected | failed |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for load, rows in http["results"].items():
+            peers = [rows[p]["goodput_rps"] for p in CACHE_AWARE if p in rows]
+            best = max(peers) if peers else None
+            for name, row in rows.items():
+                ratio = row["goodput_rps"] / best if best else None
+                lines.append(
+                    f"| {load}x | {HTTP_LABELS[name]} | {row['goodput_rps']:.2f} | "
+                    f"{_fmt(ratio, '.2f')} | {row['attainment_offered']:.3f} | "
+                    f"{_fmt(row['attainment_admitted'], '.3f')} | "
+                    f"{_fmt(row['ttft_p50_ms'], '.0f')} | {_fmt(row['ttft_p99_ms'], '.0f')} | "
+                    f"{row['hit_rate']:.3f} | {row['rejection_rate']:.3f} | {row['failed']} |"
+                )
+    lines += ["", "## Targets", "", *verdicts(data), *http_verdicts(data), ""]
+    if http is None:
+        lines += [
+            "Not in this run: vllm-router's and SMG's cache-aware policies (`--http`).",
+            "",
+        ]
+    lines += ["Command: `python -m bench.prefix" + (" --http`." if http else "`."), ""]
     return "\n".join(lines)
 
 
@@ -390,6 +457,117 @@ def plot(data: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+HTTP_SYSTEMS = ["sluice_prefix", "sluice_no_prefix", *CACHE_AWARE, "direct"]
+HTTP_LABELS = {
+    **LABELS,
+    "direct": "direct (client round-robin)",
+    **{name: PEER_LABELS[name] for name in CACHE_AWARE},
+}
+
+
+async def _prefix_counters(http: aiohttp.ClientSession, urls: list[str]) -> tuple[float, float]:
+    """The fleet's prefix-cache queries and hits so far (tokens), from the servers' metrics."""
+    queries = hits = 0.0
+    for url in urls:
+        async with http.get(url + "/metrics") as response:
+            for line in (await response.text()).splitlines():
+                if line.startswith("vllm:prefix_cache_queries_total{"):
+                    queries += float(line.rsplit(" ", 1)[1])
+                elif line.startswith("vllm:prefix_cache_hits_total{"):
+                    hits += float(line.rsplit(" ", 1)[1])
+    return queries, hits
+
+
+def _sluice_config(urls: list[str], dilation: float, *, prefix: bool) -> dict[str, Any]:
+    config = gateway_config(urls, "iv_full", dilation)
+    config["scheduler"]["prefix_aware"] = prefix
+    return config
+
+
+async def http_system(
+    name: str, items: list[Planned], args: argparse.Namespace, span: float
+) -> dict[str, Any]:
+    """One system over real sockets in front of a fresh simulated fleet, time dilated."""
+    dilation = args.dilation
+    sim_args = [
+        "--servers",
+        str(BACKENDS),
+        "--profile",
+        PROFILE,
+        "--model",
+        HTTP_MODEL,
+        "--slowdown",
+        str(dilation),
+        "--lengths",
+        "none",
+        "--enable-prompt-tokens-details",
+        "--seed",
+        "7",
+    ]
+    started = time.monotonic()
+    async with sim_fleet(sim_args) as urls:
+        fleet = PeerFleet(urls, HTTP_MODEL)
+        system = "sluice" if name.startswith("sluice") else name
+        config = _sluice_config(urls, dilation, prefix=name == "sluice_prefix")
+        with tempfile.TemporaryDirectory() as workdir:
+            async with running(
+                system, fleet, Path(workdir), sluice_config=config, sluice_env=dilated_env(dilation)
+            ) as targets:
+                async with aiohttp.ClientSession() as http:
+                    before = await _prefix_counters(http, urls)
+                outcome = await run_open_loop(
+                    targets, HTTP_MODEL, items, client_headers(), extra={"ignore_eos": True}
+                )
+                async with aiohttp.ClientSession() as http:
+                    after = await _prefix_counters(http, urls)
+    summary = summarize(outcome, dilation, span)
+    queries, hits = after[0] - before[0], after[1] - before[1]
+    summary["hit_rate"] = hits / queries if queries else 0.0
+    ttfts = [r.ttft_s / dilation * 1000 for r in outcome if r.status == 200 and r.ttft_s]
+    summary["ttft_p50_ms"] = percentile(ttfts, 50)
+    summary["wall_s"] = round(time.monotonic() - started, 1)
+    return summary
+
+
+async def http_part(args: argparse.Namespace) -> dict[str, Any]:
+    conversations = sharegpt_turns(args.http_requests, args.http_max_tokens)
+    turns = [s for c in conversations for s in c]
+    # Measured on a larger set of the same turns: a few hundred do not saturate a server.
+    reference = sharegpt_turns(max(2000, len(turns)), args.http_max_tokens)
+    fleet = capacity([s for c in reference for s in c]) * BACKENDS
+    print(f"http sharegpt: capacity {fleet:.2f} req/s (modelled time)", flush=True)
+    results: dict[str, dict[str, Any]] = {}
+    for load in args.http_loads:
+        planned = conversation_load(
+            conversations, load * fleet, seed=int(load * 100), think_s=HTTP_THINK_S
+        )
+        span = planned[-1].at
+        items = [
+            Planned(i.at * args.dilation, i.sample, i.slo_class, i.max_tokens) for i in planned
+        ]
+        for name in args.http_systems:
+            row = await http_system(name, items, args, span)
+            results.setdefault(f"{load:g}", {})[name] = row
+            print(
+                f"http {load:g}x {name}: goodput {row['goodput_rps']:.2f} req/s, attainment "
+                f"{row['attainment_offered']:.3f}/{row['attainment_admitted'] or 0:.3f}, hit rate "
+                f"{row['hit_rate']:.3f}, failed {row['failed']} ({row['wall_s']} s)",
+                flush=True,
+            )
+    return {
+        "description": f"{len(conversations)} ShareGPT conversations ({len(turns)} turns) as "
+        "in the virtual run, over real sockets: a simulated fleet process (prefix caching "
+        f"on, cached tokens reported) and the system in front of it, time dilated "
+        f"{args.dilation:g}x (engine steps, SLOs, think time and Sluice's priors alike); "
+        f"replies of the true length up to {args.http_max_tokens} tokens (ignore_eos); "
+        f"{HTTP_THINK_S:g} s between a conversation's turns",
+        "requests": len(turns),
+        "capacity_rps": fleet,
+        "dilation": args.dilation,
+        "results": results,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--loads", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0])
@@ -400,8 +578,16 @@ def main() -> int:
     )
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--out", type=Path, default=REPORTS)
+    parser.add_argument("--http", action="store_true", help="also the peers, over HTTP")
+    parser.add_argument("--http-requests", type=int, default=400)
+    parser.add_argument("--http-loads", type=float, nargs="+", default=[1.0, 1.5])
+    parser.add_argument("--http-max-tokens", type=int, default=256)
+    parser.add_argument("--http-systems", nargs="+", default=HTTP_SYSTEMS, choices=HTTP_SYSTEMS)
+    parser.add_argument("--dilation", type=float, default=20.0)
     args = parser.parse_args()
     data = run(args)
+    if args.http:
+        data["http"] = asyncio.run(http_part(args))
     publish(args.out, "prefix", data, markdown(data), plot)
     return 0
 

@@ -111,12 +111,14 @@ async def send(
     model: str,
     item: Planned,
     headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Result:
     body: dict[str, Any] = {
         "model": model,
         "messages": [{"role": "user", "content": item.sample.prompt}],
         "max_tokens": item.max_tokens,
         "stream": True,
+        **(extra or {}),
     }
     start = time.monotonic()
     first: float | None = None
@@ -150,6 +152,7 @@ async def run_open_loop(
     items: list[Planned],
     headers: dict[str, str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> list[Result]:
     """Send ``items`` at their planned times; with several URLs, round-robin over them."""
     targets = [urls] if isinstance(urls, str) else urls
@@ -163,7 +166,7 @@ async def run_open_loop(
             if delay > 0:
                 await asyncio.sleep(delay)
             url = targets[n % len(targets)]
-            tasks.append(asyncio.create_task(send(http, url, model, item, headers)))
+            tasks.append(asyncio.create_task(send(http, url, model, item, headers, extra)))
             if progress is not None:
                 progress(n + 1, len(items))
         return list(await asyncio.gather(*tasks))
