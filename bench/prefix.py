@@ -65,7 +65,7 @@ LABELS = {
 }
 TARGET_GAIN = 1.3
 HTTP_MODEL = "prefix-model"
-HTTP_THINK_S = 1.0  # fewer requests sustain the load over HTTP with a shorter think time
+HTTP_THINK_S = 0.5  # fewer requests sustain the load over HTTP with a shorter think time
 
 
 def _word(block: int, index: int) -> str:
@@ -398,12 +398,13 @@ def markdown(data: dict[str, Any]) -> str:
             "## Over HTTP, with the cache-aware peers",
             "",
             f"{http['description'][0].upper()}{http['description'][1:]}; capacity "
-            f"{http['capacity_rps']:.2f} req/s in modelled time. Times below are modelled "
+            f"{http['capacity_rps']:.2f} req/s in modelled time; `offered` is the requests "
+            "offered over the span of arrivals against it. Times below are modelled "
             "(measured / dilation).",
             "",
-            "| load | system | goodput req/s | vs best peer | attainment offered | admitted | "
-            "TTFT p50 ms | TTFT p99 ms | hit rate | rejected | failed |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| load | offered | system | goodput req/s | vs best peer | attainment offered | "
+            "admitted | TTFT p50 ms | TTFT p99 ms | hit rate | rejected | failed |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for load, rows in http["results"].items():
             peers = [rows[p]["goodput_rps"] for p in CACHE_AWARE if p in rows]
@@ -411,7 +412,8 @@ def markdown(data: dict[str, Any]) -> str:
             for name, row in rows.items():
                 ratio = row["goodput_rps"] / best if best else None
                 lines.append(
-                    f"| {load}x | {HTTP_LABELS[name]} | {row['goodput_rps']:.2f} | "
+                    f"| {load}x | {row['offered_load']:.2f}x | {HTTP_LABELS[name]} | "
+                    f"{row['goodput_rps']:.2f} | "
                     f"{_fmt(ratio, '.2f')} | {row['attainment_offered']:.3f} | "
                     f"{_fmt(row['attainment_admitted'], '.3f')} | "
                     f"{_fmt(row['ttft_p50_ms'], '.0f')} | {_fmt(row['ttft_p99_ms'], '.0f')} | "
@@ -545,8 +547,10 @@ async def http_part(args: argparse.Namespace) -> dict[str, Any]:
         items = [
             Planned(i.at * args.dilation, i.sample, i.slo_class, i.max_tokens) for i in planned
         ]
+        offered = len(planned) / span / fleet
         for name in args.http_systems:
             row = await http_system(name, items, args, span)
+            row["offered_load"] = offered
             results.setdefault(f"{load:g}", {})[name] = row
             print(
                 f"http {load:g}x {name}: goodput {row['goodput_rps']:.2f} req/s, attainment "
@@ -579,7 +583,7 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--out", type=Path, default=REPORTS)
     parser.add_argument("--http", action="store_true", help="also the peers, over HTTP")
-    parser.add_argument("--http-requests", type=int, default=400)
+    parser.add_argument("--http-requests", type=int, default=800)
     parser.add_argument("--http-loads", type=float, nargs="+", default=[1.0, 1.5])
     parser.add_argument("--http-max-tokens", type=int, default=256)
     parser.add_argument("--http-systems", nargs="+", default=HTTP_SYSTEMS, choices=HTTP_SYSTEMS)
