@@ -105,7 +105,7 @@ def mooncake(count: int, max_tokens: int) -> list[tuple[float, PromptSample]]:
     return out
 
 
-THINK_S = 5.0  # between a turn and the conversation's next one (open loop)
+THINK_S = 2.0  # between a turn and the conversation's next one (open loop)
 MAX_TURNS = 6  # a conversation's first turns only: the replay's span stays near its rate
 
 
@@ -237,13 +237,15 @@ def run_system(items: list[Planned], name: str, span: float) -> dict[str, Any]:
 
 
 def sweep(
-    name: str, plans: dict[float, list[Planned]], systems: list[str]
+    name: str, plans: dict[float, list[Planned]], systems: list[str], capacity_rps: float
 ) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     for load, items in plans.items():
         span = items[-1].at
+        offered = len(items) / span / capacity_rps
         for system in systems:
             row = run_system(items, system, span)
+            row["offered_load"] = offered
             results.setdefault(f"{load:g}", {})[system] = row
             print(
                 f"{name} {load:g}x {system}: goodput {row['goodput_rps']:.2f} req/s, attainment "
@@ -269,7 +271,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "requests": len(trace),
             "capacity_rps": fleet,
             "ideal_hit_rate": ideal_hit_rate(len(trace)),
-            "results": sweep("mooncake", plans, args.systems),
+            "results": sweep("mooncake", plans, args.systems, fleet),
         }
     if "sharegpt" in args.traces:
         conversations = sharegpt_turns(args.requests, args.max_tokens)
@@ -289,7 +291,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "requests": len(turns),
             "capacity_rps": fleet,
             "ideal_hit_rate": None,
-            "results": sweep("sharegpt", plans, args.systems),
+            "results": sweep("sharegpt", plans, args.systems, fleet),
         }
     return {
         "benchmark": "prefix",
@@ -358,8 +360,9 @@ def markdown(data: dict[str, Any]) -> str:
         f"automatic prefix caching; {data['backends']} simulated {data['profile']} servers; "
         f"replies of the traces' lengths up to {data['max_tokens']} tokens; SCORPIO's six "
         "classes drawn uniformly. Loads are multiples of the fleet's capacity on each trace "
-        "without cache hits. Hit rate: the engines' own prefix-cache counters (hit tokens over "
-        "queried tokens).",
+        "without cache hits; `offered` is what the arrivals offer over their span (a "
+        "conversation's later turns extend it). Hit rate: the engines' own prefix-cache "
+        "counters (hit tokens over queried tokens).",
     ]
     for trace, block in data["traces"].items():
         lines += [
@@ -369,16 +372,17 @@ def markdown(data: dict[str, Any]) -> str:
             f"{block['description'][0].upper()}{block['description'][1:]}; capacity "
             f"{block['capacity_rps']:.2f} req/s.",
             "",
-            "| load | system | goodput req/s | vs no prefix | attainment offered | admitted | "
-            "TTFT p50 ms | TTFT p99 ms | hit rate | rejected |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| load | offered | system | goodput req/s | vs no prefix | attainment offered | "
+            "admitted | TTFT p50 ms | TTFT p99 ms | hit rate | rejected |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for load, rows in block["results"].items():
             base = rows.get("sluice_no_prefix", {}).get("goodput_rps")
             for name, row in rows.items():
                 ratio = row["goodput_rps"] / base if base else None
                 lines.append(
-                    f"| {load}x | {LABELS[name]} | {row['goodput_rps']:.2f} | "
+                    f"| {load}x | {row['offered_load']:.2f}x | {LABELS[name]} | "
+                    f"{row['goodput_rps']:.2f} | "
                     f"{_fmt(ratio, '.2f')} | {row['attainment_offered']:.3f} | "
                     f"{_fmt(row['attainment_admitted'], '.3f')} | "
                     f"{_fmt(row['ttft_p50_ms'], '.0f')} | {_fmt(row['ttft_p99_ms'], '.0f')} | "
@@ -576,7 +580,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--loads", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0])
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument(
         "--traces", nargs="+", default=["mooncake", "sharegpt"], choices=["mooncake", "sharegpt"]
     )
