@@ -156,7 +156,9 @@ def run_virtual(
                     )
                 )
                 continue
-            inflight = fleet[placement.backend].inflight[ticket]
+            seat = queue.seat_of(ticket)
+            assert seat is not None
+            inflight = seat.request
             true_output = min(item.sample.output_tokens, item.max_tokens)
             blocks = (
                 block_hashes(
@@ -219,7 +221,7 @@ def run_virtual(
                 queue.prefix.correct(
                     state.backend, state.inflight.cached_tokens, state.sim.cached_tokens
                 )
-            queue.finish(fleet[state.backend], state.ticket)
+            queue.finish(state.ticket)
             tpot = None
             if state.first is not None and state.last is not None and state.tokens > 1:
                 tpot = (state.last - state.first) / (state.tokens - 1)

@@ -16,6 +16,8 @@ from adapters.vllm import VllmAdapter
 from gateway.config import BackendConfig, LatencyPrior
 from gateway.outliers import OutlierRules, OutlierState, may_eject
 from gateway.scheduling.latency import ItlModel, ItlParams, PrefillModel, PrefillParams
+from gateway.scheduling.snapshot import BackendView, Demand, InFlightView, RollingView
+from gateway.state.load import LoadTotals
 
 log = logging.getLogger(__name__)
 ITL_WINDOW = 8  # tokens per inter-token-latency observation
@@ -181,6 +183,18 @@ def make_adapter(session: aiohttp.ClientSession, config: BackendConfig) -> Engin
     raise ValueError(f"backend {config.name!r}: unknown engine {config.engine!r}")
 
 
+@dataclass(frozen=True, slots=True)
+class Seat:
+    """A request's place on a backend, from dispatch until it ends."""
+
+    backend: Backend
+    request: InFlight
+
+    @property
+    def dispatched_at(self) -> float:
+        return self.request.dispatched_at
+
+
 class Fleet:
     """The set of backends, probed in the background."""
 
@@ -262,6 +276,83 @@ class Fleet:
         self.prune()
         self.on_change()
         return added
+
+    # -- what the scheduler needs (gateway.scheduling.scheduler.Seats) -------------------
+
+    def views(
+        self,
+        peer_load: Callable[[str], LoadTotals],
+        rolling: Callable[[str], RollingView | None],
+    ) -> list[BackendView]:
+        """Every backend as the policy sees it, with what is in flight there."""
+        return [
+            BackendView(
+                b.name,
+                b.routable,
+                b.models,
+                b.in_flight,
+                b.config.max_in_flight,
+                b.config.weight,
+                tuple(
+                    InFlightView(
+                        r.tpot_s,
+                        r.prompt_tokens,
+                        r.tokens,
+                        r.predicted_tokens,
+                        r.reserved_kv,
+                        r.first_token_at is not None,
+                        r.first_token_at,
+                        r.cached_tokens,
+                    )
+                    for r in b.inflight.values()
+                ),
+                b.prefill.params,
+                b.itl.params,
+                b.kv_capacity,
+                b.dispatched,
+                peer_load(b.name),
+                rolling(b.name),
+            )
+            for b in self
+        ]
+
+    def serves(self, model: str, excluded: frozenset[str]) -> bool:
+        """Some backend not excluded is meant to serve ``model`` (ready or not yet)."""
+        return any(b.name not in excluded for b in self.expected_for(model))
+
+    def capacities(self) -> list[tuple[str, int | None]]:
+        return [(b.name, b.kv_capacity) for b in self]
+
+    def seat(self, name: str, ticket: int, demand: Demand, cached: int, now: float) -> Seat:
+        """Record a dispatch on backend ``name``: the request is in flight there now."""
+        backend = self._backends[name]
+        backend.dispatched += 1
+        request = InFlight(
+            ticket=ticket,
+            tpot_s=demand.tpot_s,
+            prompt_tokens=demand.prompt_tokens,
+            predicted_tokens=demand.predicted_tokens,
+            reserved_kv=demand.reserve_tokens,
+            dispatched_at=now,
+            pending_at_dispatch=backend.pending_prefill() + demand.prompt_tokens - cached,
+            tenant=demand.tenant,
+            cached_tokens=cached,
+        )
+        backend.inflight[ticket] = request
+        return Seat(backend, request)
+
+    def unseat(self, seat: Seat) -> InFlight | None:
+        """The request ended: its place is free (a draining backend with nothing left
+        leaves). Returns what it was, if it was still there."""
+        backend = seat.backend
+        request = backend.inflight.get(seat.request.ticket)
+        backend.remove(seat.request.ticket)
+        if backend.draining:
+            self.prune()
+        return request
+
+    def tenants_in_flight(self) -> list[str | None]:
+        return [r.tenant for b in self for r in b.inflight.values()]
 
     def prune(self) -> None:
         """Forget drained backends that have nothing left in flight."""

@@ -33,7 +33,7 @@ from gateway.errors import (
     error_body,
 )
 from gateway.estimate import demand
-from gateway.fleet import Fleet
+from gateway.fleet import Fleet, Seat
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import is_openai_error
 from gateway.prefix_index import chunk_hashes, prompt_text
@@ -66,7 +66,7 @@ class Proxy:
     def __init__(
         self,
         fleet: Fleet,
-        scheduler: Scheduler,
+        scheduler: Scheduler[Seat],
         metrics: GatewayMetrics,
         records: RecordLog,
         samples: SampleLog,
@@ -192,7 +192,7 @@ class Proxy:
         upstream: UpstreamResponse,
         call: GenerationCall,
         record: RequestRecord,
-        lease: Lease,
+        lease: Lease[Seat],
     ) -> web.StreamResponse:
         if upstream.status != 200:
             return await self._relay_status(upstream, record, lease)
@@ -200,10 +200,10 @@ class Proxy:
             return await self._relay_stream(request, upstream, call, record, lease)
         return await self._relay_body(upstream, record, lease)
 
-    def _correct_prefix(self, lease: Lease, record: RequestRecord) -> None:
+    def _correct_prefix(self, lease: Lease[Seat], record: RequestRecord) -> None:
         index = self._scheduler.prefix
         if index is not None and record.cached_tokens is not None:
-            index.correct(lease.backend, lease.inflight.cached_tokens, record.cached_tokens)
+            index.correct(lease.backend, lease.seat.request.cached_tokens, record.cached_tokens)
 
     def _headers(self, record: RequestRecord) -> dict[str, str]:
         headers = {REQUEST_ID_HEADER: record.id}
@@ -214,13 +214,13 @@ class Proxy:
         return headers
 
     async def _relay_status(
-        self, upstream: UpstreamResponse, record: RequestRecord, lease: Lease
+        self, upstream: UpstreamResponse, record: RequestRecord, lease: Lease[Seat]
     ) -> web.StreamResponse:
         """A non-200 answer: a valid OpenAI error body passes through unchanged."""
         record.outcome = "upstream_status"
         record.status = upstream.status
         if upstream.status >= 500 and upstream.status != 503:  # 503: the engine is busy
-            self._fleet.response_failed(lease.owner, f"HTTP {upstream.status}")
+            self._fleet.response_failed(lease.seat.backend, f"HTTP {upstream.status}")
         try:
             data = await upstream.read()
         except StreamBroken:
@@ -235,7 +235,7 @@ class Proxy:
         raise UpstreamError(f"backend {record.backend} answered HTTP {upstream.status}")
 
     async def _relay_body(
-        self, upstream: UpstreamResponse, record: RequestRecord, lease: Lease
+        self, upstream: UpstreamResponse, record: RequestRecord, lease: Lease[Seat]
     ) -> web.StreamResponse:
         try:
             data = await upstream.read()
@@ -245,7 +245,7 @@ class Proxy:
             raise UpstreamError(
                 f"backend {record.backend} failed before its answer was complete"
             ) from exc
-        self._fleet.response_ok(lease.owner)
+        self._fleet.response_ok(lease.seat.backend)
         record.finish = self._clock()
         try:
             usage = json.loads(data).get("usage")
@@ -264,7 +264,7 @@ class Proxy:
         upstream: UpstreamResponse,
         call: GenerationCall,
         record: RequestRecord,
-        lease: Lease,
+        lease: Lease[Seat],
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             status=200,
@@ -302,22 +302,22 @@ class Proxy:
             return response
         if record.outcome == "pending":
             record.outcome = "ok"
-            self._fleet.response_ok(lease.owner)
+            self._fleet.response_ok(lease.seat.backend)
         await self._write_quietly(response, None)
         return response
 
-    def _broken(self, record: RequestRecord, lease: Lease, exc: StreamBroken) -> None:
+    def _broken(self, record: RequestRecord, lease: Lease[Seat], exc: StreamBroken) -> None:
         """A response that broke after it started: the detail goes to the log, not the client."""
         log.warning("request %s: the answer from %s broke: %s", record.id, record.backend, exc)
-        self._fleet.response_failed(lease.owner, "response broke after it started")
+        self._fleet.response_failed(lease.seat.backend, "response broke after it started")
 
-    def _observe(self, event: StreamEvent, record: RequestRecord, lease: Lease) -> None:
+    def _observe(self, event: StreamEvent, record: RequestRecord, lease: Lease[Seat]) -> None:
         if event.tokens:
             now = self._clock()
             if record.first_token is None:
                 record.first_token = now
             record.token_times.extend([now] * event.tokens)
-            lease.owner.advance(lease.inflight, event.tokens, now)
+            lease.seat.backend.advance(lease.seat.request, event.tokens, now)
         if event.usage is not None:
             _take_usage(record, event.usage)
         if event.error is not None:

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from adapters.base import Timeouts
 from gateway.config import BackendConfig, GatewayConfig, SchedulerConfig
-from gateway.fleet import Backend, Fleet, background, make_adapter
+from gateway.fleet import Backend, Fleet, Seat, background, make_adapter
 from gateway.keys import KeyRecord, KeyTable
 from gateway.learning import SharedLearning
 from gateway.limiter import TenantLimiter
@@ -44,7 +44,7 @@ from predictor.online import SampleLog
 class Services:
     session: aiohttp.ClientSession
     fleet: Fleet
-    scheduler: Scheduler
+    scheduler: Scheduler[Seat]
     metrics: GatewayMetrics
     records: RecordLog
     proxy: Proxy

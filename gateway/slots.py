@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 
 from gateway.errors import NoBackendAvailable
-from gateway.fleet import Backend
+from gateway.fleet import Backend, Seat
 from gateway.metrics import GatewayMetrics
 from gateway.refusals import refusal
 from gateway.scheduling.policy import SloPolicy
@@ -38,18 +38,18 @@ def lease_weight(wanted: Demand) -> LeaseWeight:
 
 @dataclass(slots=True)
 class Slot:
-    lease: Lease
+    lease: Lease[Seat]
     served: bool = True  # False once it is known that nothing was sent on it
 
     @property
     def backend(self) -> Backend:
-        return self.lease.owner
+        return self.lease.seat.backend
 
 
 class Slots:
     def __init__(
         self,
-        scheduler: Scheduler,
+        scheduler: Scheduler[Seat],
         metrics: GatewayMetrics,
         sharing: LoadSharing | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -71,7 +71,7 @@ class Slots:
         finally:
             self._give_back(slot.lease, served=slot.served)
 
-    async def _take(self, wanted: Demand, excluded: Collection[str], until: float) -> Lease:
+    async def _take(self, wanted: Demand, excluded: Collection[str], until: float) -> Lease[Seat]:
         delay = 0.005
         timeout_s = max(until - self._clock(), 0.001)
         while True:
@@ -82,7 +82,10 @@ class Slots:
                 return lease
             try:
                 grant = await self._sharing.take(
-                    lease.backend, lease.ticket, lease_weight(wanted), self._rule(lease.owner)
+                    lease.backend,
+                    lease.ticket,
+                    lease_weight(wanted),
+                    self._rule(lease.seat.backend),
                 )
             except BaseException:
                 self._give_back(lease, served=False)
@@ -115,7 +118,7 @@ class Slots:
             )
         return AdmissionRule(backend.config.max_in_flight)
 
-    def _give_back(self, lease: Lease, *, served: bool) -> None:
+    def _give_back(self, lease: Lease[Seat], *, served: bool) -> None:
         self._scheduler.release(lease, served=served)
         if self._sharing is not None:
             self._sharing.give_back(lease.backend, lease.ticket)

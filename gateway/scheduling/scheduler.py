@@ -12,8 +12,8 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
+from typing import Generic, Protocol, TypeVar
 
-from gateway.fleet import Backend, Fleet, InFlight
 from gateway.prefix_index import PrefixIndex
 from gateway.scheduling.fairness import FairShare, ShareRules
 from gateway.scheduling.policy import Policy, least_loaded
@@ -21,7 +21,6 @@ from gateway.scheduling.snapshot import (
     Activation,
     BackendView,
     Demand,
-    InFlightView,
     Placement,
     Rejection,
     RollingView,
@@ -29,6 +28,7 @@ from gateway.scheduling.snapshot import (
 )
 from gateway.state.load import LoadTotals
 
+S = TypeVar("S")
 MAX_SESSIONS = 100_000  # sessions whose last backend is remembered, least recent dropped
 
 
@@ -66,22 +66,58 @@ class _Ticket:
         return view
 
 
+class Ended(Protocol):
+    """What a request that ended was, as fair share counts it."""
+
+    tenant: str | None
+    prompt_tokens: int
+    predicted_tokens: int
+    tokens: int
+
+
+class Seats(Protocol[S]):
+    """What the scheduler needs of a fleet (``gateway.fleet.Fleet`` is one): views of its
+    backends for the policy, and a seat on one for each request placed, of type ``S``."""
+
+    def views(
+        self,
+        peer_load: Callable[[str], LoadTotals],
+        rolling: Callable[[str], RollingView | None],
+    ) -> list[BackendView]: ...
+
+    def serves(self, model: str, excluded: frozenset[str]) -> bool:
+        """Some backend not excluded is meant to serve ``model``."""
+        ...
+
+    def capacities(self) -> list[tuple[str, int | None]]:
+        """Each backend's KV capacity in tokens, where known."""
+        ...
+
+    def seat(self, name: str, ticket: int, demand: Demand, cached: int, now: float) -> S: ...
+
+    def unseat(self, seat: S) -> Ended | None: ...
+
+    def tenants_in_flight(self) -> list[str | None]: ...
+
+
 @dataclass(frozen=True, slots=True)
-class Lease:
-    """A slot on one backend, held from dispatch until ``Scheduler.release``."""
+class Lease(Generic[S]):
+    """A seat on one backend, held from dispatch until ``Scheduler.release``."""
 
     ticket: int
     backend: str
     dispatched_at: float
-    inflight: InFlight
-    owner: Backend  # the backend object granted, even if the fleet replaces its name later
+    seat: S
     priority: int | None = None
 
 
-class Scheduler:
+class Scheduler(Generic[S]):
+    """The gateway queue over any fleet that gives ``Seats``; its placements are seats of
+    type ``S``, its refusals ``Rejection``s for the caller to answer."""
+
     def __init__(
         self,
-        fleet: Fleet,
+        fleet: Seats[S],
         policy: Policy = least_loaded,
         clock: Callable[[], float] = time.monotonic,
         peer_load: Callable[[str], LoadTotals] = lambda _name: LoadTotals(),
@@ -95,6 +131,8 @@ class Scheduler:
         self._sessions: OrderedDict[str, str] = OrderedDict()  # session -> its last backend
         self._prefix_version = -1
         self._waiting: dict[int, _Ticket] = {}
+        # ticket -> its seat and when it was dispatched, until it is released
+        self._seats: dict[int, tuple[S, float]] = {}
         self._ids = itertools.count(1)
         # Macro instances: backend -> (instance, place in its cycle), and each instance's
         # active backend. Activation is this replica's own: replicas roll independently.
@@ -107,12 +145,11 @@ class Scheduler:
     def tenant_load(self) -> tuple[Counter[str | None], Counter[str | None]]:
         """Per tenant, its requests waiting here and in flight from here."""
         waiting = Counter(ticket.demand.tenant for ticket in self._waiting.values())
-        in_flight = Counter(r.tenant for b in self._fleet for r in b.inflight.values())
-        return waiting, in_flight
+        return waiting, Counter(self._fleet.tenants_in_flight())
 
     async def acquire(
         self, demand: Demand, *, timeout_s: float, excluded: Collection[str] = ()
-    ) -> Lease | Rejection:
+    ) -> Lease[S] | Rejection:
         """Wait for a slot on a backend serving the model; or the reason it will not get
         one (none serves it, none frees up in time, the policy refuses it)."""
         ticket = self._enqueue(demand, excluded, asyncio.get_running_loop())
@@ -127,16 +164,8 @@ class Scheduler:
             raise
         if isinstance(placement, Rejection):
             return placement
-        backend = self._fleet[placement.backend]
-        inflight = backend.inflight[ticket.id]
-        return Lease(
-            ticket.id,
-            placement.backend,
-            inflight.dispatched_at,
-            inflight,
-            backend,
-            placement.priority,
-        )
+        seat, dispatched_at = self._seats[ticket.id]
+        return Lease(ticket.id, placement.backend, dispatched_at, seat, placement.priority)
 
     def submit(
         self, demand: Demand, loop: asyncio.AbstractEventLoop, excluded: Collection[str] = ()
@@ -156,7 +185,7 @@ class Scheduler:
         ticket = _Ticket(next(self._ids), demand, excluded_set, loop.create_future())
         # Cold start: a model some backend is meant to serve waits for one to be ready (until
         # its deadline) rather than failing; only a model no backend could serve fails now.
-        if not any(b.name not in excluded_set for b in self._fleet.expected_for(demand.model)):
+        if not self._fleet.serves(demand.model, excluded_set):
             ticket.future.set_result(Rejection(ticket.id, "no_backend"))
             return ticket
         self._waiting[ticket.id] = ticket
@@ -168,26 +197,28 @@ class Scheduler:
         self._waiting.pop(ticket.id, None)
         future = ticket.future
         if future.done() and not future.cancelled() and future.exception() is None:
-            placement = future.result()
-            if isinstance(placement, Placement):
-                self.finish(self._fleet[placement.backend], ticket.id, served=False)
+            if isinstance(future.result(), Placement):
+                self.finish(ticket.id, served=False)
                 self.schedule()
         elif not future.done():
             future.cancel()
 
-    def release(self, lease: Lease, *, served: bool = True) -> None:
-        """Give a lease's slot back; ``served`` False when nothing was sent on it."""
-        self.finish(lease.owner, lease.ticket, served=served)
-        if lease.owner.draining:
-            self._fleet.prune()
+    def seat_of(self, ticket: int) -> S | None:
+        """A placed request's seat (for drivers of ``submit``), until it is released."""
+        held = self._seats.get(ticket)
+        return held[0] if held is not None else None
+
+    def release(self, lease: Lease[S], *, served: bool = True) -> None:
+        """Give a lease's seat back; ``served`` False when nothing was sent on it."""
+        self.finish(lease.ticket, served=served)
         self.schedule()
 
-    def finish(self, backend: Backend, ticket: int, *, served: bool = True) -> None:
-        """A dispatched request ended: its slot is free, and its tenant's service is
+    def finish(self, ticket: int, *, served: bool = True) -> None:
+        """A dispatched request ended: its seat is free, and its tenant's service is
         corrected from the predicted reply to the tokens it really generated (or, when it
         was never sent, refunded)."""
-        request = backend.inflight.get(ticket)
-        backend.remove(ticket)
+        held = self._seats.pop(ticket, None)
+        request = self._fleet.unseat(held[0]) if held is not None else None
         if request is None or self.fair is None:
             return
         if served:
@@ -200,36 +231,7 @@ class Scheduler:
         self._rank(self._clock() if now is None else now)
         self._look_up_prefixes()
         waiting = [t.view() for t in self._waiting.values()]
-        backends = [
-            BackendView(
-                b.name,
-                b.routable,
-                b.models,
-                b.in_flight,
-                b.config.max_in_flight,
-                b.config.weight,
-                tuple(
-                    InFlightView(
-                        r.tpot_s,
-                        r.prompt_tokens,
-                        r.tokens,
-                        r.predicted_tokens,
-                        r.reserved_kv,
-                        r.first_token_at is not None,
-                        r.first_token_at,
-                        r.cached_tokens,
-                    )
-                    for r in b.inflight.values()
-                ),
-                b.prefill.params,
-                b.itl.params,
-                b.kv_capacity,
-                b.dispatched,
-                self.peer_load(b.name),
-                self._rolling(b.name),
-            )
-            for b in self._fleet
-        ]
+        backends = self._fleet.views(self.peer_load, self._rolling)
         return waiting, backends
 
     def _look_up_prefixes(self) -> None:
@@ -238,8 +240,8 @@ class Scheduler:
         index = self.prefix
         if index is None:
             return
-        for backend in self._fleet:
-            index.set_capacity(backend.name, backend.kv_capacity)
+        for name, capacity in self._fleet.capacities():
+            index.set_capacity(name, capacity)
         changed = index.version != self._prefix_version
         self._prefix_version = index.version
         for ticket in self._waiting.values():
@@ -289,25 +291,13 @@ class Scheduler:
             self._reject(self._waiting.pop(rejection.ticket), rejection, now)
         for placement in plan.placements:
             ticket = self._waiting.pop(placement.ticket)
-            backend = self._fleet[placement.backend]
-            backend.dispatched += 1
-            d = ticket.demand
-            cached = ticket.cached.get(backend.name, 0)
-            backend.inflight[ticket.id] = InFlight(
-                ticket=ticket.id,
-                tpot_s=d.tpot_s,
-                prompt_tokens=d.prompt_tokens,
-                predicted_tokens=d.predicted_tokens,
-                reserved_kv=d.reserve_tokens,
-                dispatched_at=now,
-                pending_at_dispatch=backend.pending_prefill() + d.prompt_tokens - cached,
-                tenant=d.tenant,
-                cached_tokens=cached,
-            )
+            name, d = placement.backend, ticket.demand
+            seat = self._fleet.seat(name, ticket.id, d, ticket.cached.get(name, 0), now)
+            self._seats[ticket.id] = (seat, now)
             if self.prefix is not None:
-                self.prefix.record(backend.name, d.prefix)
+                self.prefix.record(name, d.prefix)
             if d.session is not None:
-                self._sessions[d.session] = backend.name
+                self._sessions[d.session] = name
                 self._sessions.move_to_end(d.session)
                 if len(self._sessions) > MAX_SESSIONS:
                     self._sessions.popitem(last=False)
