@@ -16,7 +16,7 @@ conversation on one replica keeps its index whole); nothing here goes to Redis.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from predictor.features import content_text
@@ -55,6 +55,7 @@ class PrefixIndex:
         self._chunks: dict[str, OrderedDict[int, None]] = {}
         self._capacity: dict[str, int] = {}
         self.version = 0  # bumped on every change: callers cache lookups against it
+        self._stamps: dict[str, int] = {}  # backend -> the version of its last change
 
     def set_capacity(self, backend: str, kv_tokens: int | None) -> None:
         chunks = (
@@ -78,17 +79,33 @@ class PrefixIndex:
             count += 1
         return count
 
+    def cached_on(self, backend: str, hashes: Sequence[int], prompt_tokens: int) -> int:
+        """The prompt tokens likely cached on ``backend``."""
+        count = self.matched(backend, hashes) if hashes else 0
+        if not count:
+            return 0
+        share = count * CHUNK_CHARS / (len(hashes) * CHUNK_CHARS + CHUNK_CHARS // 2)
+        return min(prompt_tokens - 1, int(prompt_tokens * share))
+
     def cached_tokens(self, hashes: Sequence[int], prompt_tokens: int) -> dict[str, int]:
         """Per backend holding any of it, the prompt tokens likely cached there."""
-        if not hashes:
-            return {}
         out: dict[str, int] = {}
         for backend in self._chunks:
-            count = self.matched(backend, hashes)
-            if count:
-                share = count * CHUNK_CHARS / (len(hashes) * CHUNK_CHARS + CHUNK_CHARS // 2)
-                out[backend] = min(prompt_tokens - 1, int(prompt_tokens * share))
+            tokens = self.cached_on(backend, hashes, prompt_tokens)
+            if tokens:
+                out[backend] = tokens
         return out
+
+    def changed_since(self, version: int) -> list[str]:
+        """The backends whose index changed after ``version``."""
+        return [backend for backend, stamp in self._stamps.items() if stamp > version]
+
+    def retain(self, backends: Collection[str]) -> None:
+        """Forget the backends not among ``backends`` (they left the fleet)."""
+        for backend in [b for b in self._chunks if b not in backends]:
+            del self._chunks[backend]
+            self._capacity.pop(backend, None)
+            self._changed(backend)
 
     def record(self, backend: str, hashes: Sequence[int]) -> None:
         """The prompt went to ``backend``: its chunks are there now, the most recent."""
@@ -99,7 +116,7 @@ class PrefixIndex:
             held[h] = None
             held.move_to_end(h)
         self._trim(backend)
-        self.version += 1
+        self._changed(backend)
 
     def correct(self, backend: str, expected: int, reported: int) -> None:
         """The backend reported ``reported`` cached prompt tokens where the index expected
@@ -113,14 +130,9 @@ class PrefixIndex:
         if reported < 0.9 * expected:
             self._capacity[backend] = max(MIN_CAPACITY_CHUNKS, int(held * 0.9))
             self._trim(backend)
-            self.version += 1
+            self._changed(backend)
         elif held >= capacity:
             self._capacity[backend] = capacity + max(1, capacity // 20)
-
-    def forget(self, backend: str) -> None:
-        """The backend left or restarted: nothing is known of its cache."""
-        if self._chunks.pop(backend, None) is not None:
-            self.version += 1
 
     def size(self, backend: str) -> int:
         return len(self._chunks.get(backend, ()))
@@ -128,5 +140,11 @@ class PrefixIndex:
     def _trim(self, backend: str) -> None:
         held = self._chunks.get(backend)
         capacity = self._capacity.get(backend, DEFAULT_CAPACITY_CHUNKS)
-        while held and len(held) > capacity:
-            held.popitem(last=False)
+        if held and len(held) > capacity:
+            while len(held) > capacity:
+                held.popitem(last=False)
+            self._changed(backend)
+
+    def _changed(self, backend: str) -> None:
+        self.version += 1
+        self._stamps[backend] = self.version

@@ -235,23 +235,37 @@ class Scheduler(Generic[S]):
         return waiting, backends
 
     def _look_up_prefixes(self) -> None:
-        """Each waiting request's expected cache hits per backend, again only when the index
-        changed since."""
+        """Each waiting request's expected cache hits per backend: looked up whole when it
+        is new, and since then only on the backends whose index changed."""
         index = self.prefix
         if index is None:
             return
-        for name, capacity in self._fleet.capacities():
+        capacities = self._fleet.capacities()
+        for name, capacity in capacities:
             index.set_capacity(name, capacity)
-        changed = index.version != self._prefix_version
+        index.retain({name for name, _ in capacities})
+        changed = index.changed_since(self._prefix_version)
         self._prefix_version = index.version
         for ticket in self._waiting.values():
             d = ticket.demand
             if d.session is not None:
                 ticket.affine = self._sessions.get(d.session)
-            if d.prefix and (changed or ticket._view is None):
+            if not d.prefix:
+                continue
+            if ticket._view is None:
                 found = index.cached_tokens(d.prefix, d.prompt_tokens)
-                if found != ticket.cached:
-                    ticket.cached = found
+            elif changed:
+                found = dict(ticket.cached)
+                for name in changed:
+                    tokens = index.cached_on(name, d.prefix, d.prompt_tokens)
+                    if tokens:
+                        found[name] = tokens
+                    else:
+                        found.pop(name, None)
+            else:
+                continue
+            if found != ticket.cached:
+                ticket.cached = found
 
     def _rank(self, now: float) -> None:
         """Each waiting request's fair-share rank, from its tenant's recent service."""

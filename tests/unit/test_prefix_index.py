@@ -109,3 +109,16 @@ def test_a_session_scores_its_last_backend_up() -> None:
         [WaitingView(1, demand, affine="b")], [_view("a"), _view("b")], 0.0
     )
     assert [p.backend for p in plan.placements] == ["b"]
+
+
+def test_changes_are_stamped_per_backend_and_departed_backends_forgotten() -> None:
+    index = PrefixIndex()
+    index.record("b0", (1, 2))
+    seen = index.version
+    index.record("b1", (1,))
+    assert index.changed_since(seen) == ["b1"]
+    index.set_capacity("b0", CHUNK_CHARS // 4)  # one chunk: b0 evicts, and that is a change
+    assert sorted(index.changed_since(seen)) == ["b0", "b1"]
+    index.retain({"b1"})
+    assert index.cached_tokens((1, 2), 100) == {"b1": index.cached_on("b1", (1, 2), 100)}
+    assert index.matched("b0", (1,)) == 0
