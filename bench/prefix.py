@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import sys
 import tempfile
 import time
@@ -148,8 +149,6 @@ def conversation_load(
 ) -> list[Planned]:
     """Conversations starting by the Azure conversation trace's gaps, at ``rate`` requests
     per second in all, each turn ``think_s`` after the one before (open loop)."""
-    import random
-
     rng = random.Random(seed)
     turns = sum(len(c) for c in conversations)
     # Over a span of turns/rate, the conversations start early enough for their last turns.
@@ -199,8 +198,6 @@ def capacity(samples: list[PromptSample]) -> float:
 
 
 def plan_load(trace: list[tuple[float, PromptSample]], rate: float, seed: int) -> list[Planned]:
-    import random
-
     rng = random.Random(seed)
     span = trace[-1][0] - trace[0][0]
     scale = (len(trace) / rate) / span if span > 0 else 1.0

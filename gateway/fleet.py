@@ -190,10 +190,6 @@ class Seat:
     backend: Backend
     request: InFlight
 
-    @property
-    def dispatched_at(self) -> float:
-        return self.request.dispatched_at
-
 
 class Fleet:
     """The set of backends, probed in the background."""

@@ -298,12 +298,11 @@ class GatewayMetrics:
     def watch_tenants(
         self,
         config: Callable[[], GatewayConfig],
-        limiter: Callable[[], TenantLimiter],
+        limiter: TenantLimiter,
         fair: Callable[[], FairShare | None],
         clock: Callable[[], float],
     ) -> None:
-        self.tenants = TenantMetrics(self.registry, config)
-        self.tenants.watch(self.registry, limiter, fair, clock)
+        self.tenants = TenantMetrics(self.registry, config, limiter, fair, clock)
 
     def watch_pools(
         self,

@@ -198,9 +198,7 @@ class Runtime:
             TenantLimiter(store if isinstance(store, RedisStore) else None),
         )
         limiter = self._services.limiter
-        metrics.watch_tenants(
-            lambda: self.config, lambda: limiter, lambda: scheduler.fair, time.monotonic
-        )
+        metrics.watch_tenants(lambda: self.config, limiter, lambda: scheduler.fair, time.monotonic)
         await fleet.probe_all()
         tick_s = self.config.scheduler.tick_ms / 1000
         tasks = [

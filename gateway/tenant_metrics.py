@@ -30,14 +30,14 @@ class _TenantCollector(Collector):
     def __init__(
         self,
         config: Callable[[], GatewayConfig],
-        limiter: Callable[[], TenantLimiter],
+        limiter: TenantLimiter,
         fair: Callable[[], FairShare | None],
         clock: Callable[[], float],
     ) -> None:
         self._config, self._limiter, self._fair, self._clock = config, limiter, fair, clock
 
     def collect(self) -> Iterator[Metric]:
-        config, limiter, fair = self._config(), self._limiter(), self._fair()
+        config, limiter, fair = self._config(), self._limiter, self._fair()
         remaining = GaugeMetricFamily(
             "sluice_tenant_limit_remaining",
             "What is left in the tenant's rate-limit bucket, as of its last check here",
@@ -74,7 +74,16 @@ class _TenantCollector(Collector):
 
 
 class TenantMetrics:
-    def __init__(self, registry: CollectorRegistry, config: Callable[[], GatewayConfig]) -> None:
+    """Counters observed per finished request, and the gauges read at scrape time."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        config: Callable[[], GatewayConfig],
+        limiter: TenantLimiter,
+        fair: Callable[[], FairShare | None],
+        clock: Callable[[], float],
+    ) -> None:
         self._config = config
         self.requests = Counter(
             "sluice_tenant_requests",
@@ -100,15 +109,7 @@ class TenantMetrics:
             ["tenant", "kind"],
             registry=registry,
         )
-
-    def watch(
-        self,
-        registry: CollectorRegistry,
-        limiter: Callable[[], TenantLimiter],
-        fair: Callable[[], FairShare | None],
-        clock: Callable[[], float],
-    ) -> None:
-        registry.register(_TenantCollector(self._config, limiter, fair, clock))
+        registry.register(_TenantCollector(config, limiter, fair, clock))
 
     def observe(self, record: RequestRecord) -> None:
         label = tenant_label(self._config(), record.tenant)

@@ -24,6 +24,7 @@ from gateway.errors import (
     InvalidRequest,
     PreconditionRequired,
     SharedStateUnavailable,
+    SluiceError,
     StaleConfig,
 )
 from gateway.runtime import Runtime
@@ -236,6 +237,22 @@ async def put_entry(
         raw[section][name] = entry.model_dump(mode="json")
 
     return name, entry, await edit_config(request, edit), created
+
+
+async def delete_entry(
+    request: web.Request, section: str, missing: Callable[[str], SluiceError]
+) -> web.Response:
+    """Remove the entry named in the path from one of the config's named sections
+    (``pools``, ``tenants``); ``missing`` makes the error when there is none."""
+    name = request.match_info["name"]
+
+    def edit(raw: dict[str, Any]) -> None:
+        if name not in raw[section]:
+            raise missing(name)
+        del raw[section][name]
+
+    version = await edit_config(request, edit)
+    return web.json_response({"deleted": name, "version": version})
 
 
 async def put_class(request: web.Request) -> web.Response:

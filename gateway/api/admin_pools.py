@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.api.admin_config import Method, edit_config, put_entry
+from gateway.api.admin_config import Method, delete_entry, put_entry
 from gateway.api.context import RUNTIME
 from gateway.config import PoolConfig
 from gateway.errors import PoolNotFound
@@ -77,15 +77,9 @@ async def put_pool(request: web.Request) -> web.Response:
 
 async def delete_pool(request: web.Request) -> web.Response:
     """Drop a pool's settings: its backends stay, under the default bounds."""
-    name = request.match_info["name"]
-
-    def edit(raw: dict[str, Any]) -> None:
-        if name not in raw["pools"]:
-            raise PoolNotFound(f"no settings for pool {name!r}", param="name")
-        del raw["pools"][name]
-
-    version = await edit_config(request, edit)
-    return web.json_response({"deleted": name, "version": version})
+    return await delete_entry(
+        request, "pools", lambda name: PoolNotFound(f"no settings for pool {name!r}", param="name")
+    )
 
 
 ROUTES: list[tuple[Method, str, Any]] = [

@@ -6,47 +6,79 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from gateway.api.admin_config import edit_config, put_entry
+from gateway.api.admin_config import delete_entry, put_entry
 from gateway.api.context import RUNTIME
-from gateway.config import TenantConfig
+from gateway.config import GatewayConfig, TenantConfig
 from gateway.errors import TenantNotFound
 from gateway.runtime import Runtime
 
 
-def _known(runtime: Runtime) -> list[str]:
-    """Tenants with an entry, with a client key, or with requests here."""
-    waiting, in_flight = runtime.services.scheduler.tenant_load()
-    named = {*runtime.config.tenants, *(r.tenant for r in runtime.keys.records())}
-    named |= {t for t in (*waiting, *in_flight) if t is not None}
-    return sorted(named)
+@dataclass(frozen=True, slots=True)
+class _Census:
+    """What every tenant's row reads, gathered once per answer."""
+
+    waiting: Counter[str | None]
+    in_flight: Counter[str | None]
+    active_keys: Counter[str]
+    key_tenants: frozenset[str]
+    service: dict[str, float]  # decayed service per tenant with any, per unit of weight
+    now: float
+
+    @classmethod
+    def of(cls, runtime: Runtime) -> _Census:
+        scheduler = runtime.services.scheduler
+        waiting, in_flight = scheduler.tenant_load()
+        records = runtime.keys.records()
+        now = time.monotonic()
+        fair = scheduler.fair
+        service = (
+            {t: fair.service(t, now) for t in fair.tenants() if t is not None}
+            if fair is not None
+            else {}
+        )
+        return cls(
+            waiting,
+            in_flight,
+            Counter(r.tenant for r in records if r.active),
+            frozenset(r.tenant for r in records),
+            service,
+            now,
+        )
+
+    def known(self, config: GatewayConfig) -> list[str]:
+        """Tenants with an entry, with a client key, or with requests here."""
+        named = {*config.tenants, *self.key_tenants}
+        named |= {t for t in (*self.waiting, *self.in_flight) if t is not None}
+        return sorted(named)
 
 
-async def _row(runtime: Runtime, tenant: str, now: float) -> dict[str, Any]:
+async def _row(runtime: Runtime, census: _Census, tenant: str) -> dict[str, Any]:
     config, services = runtime.config, runtime.services
     entry = config.tenants.get(tenant)
-    waiting, in_flight = services.scheduler.tenant_load()
-    fair = services.scheduler.fair
     row: dict[str, Any] = {
         "tenant": tenant,
         "configured": entry is not None,
         "entry": (entry or TenantConfig()).model_dump(mode="json"),
-        "keys_active": sum(r.tenant == tenant and r.active for r in runtime.keys.records()),
-        "waiting": waiting.get(tenant, 0),
-        "in_flight": in_flight.get(tenant, 0),
+        "keys_active": census.active_keys.get(tenant, 0),
+        "waiting": census.waiting.get(tenant, 0),
+        "in_flight": census.in_flight.get(tenant, 0),
     }
-    if fair is not None:
-        counted = [t for t in fair.tenants() if t is not None]
-        total = sum(fair.service(t, now) * config.tenant_weight(t) for t in counted)
-        weights = sum(config.tenant_weight(t) for t in counted)
-        mine = fair.service(tenant, now)
+    if services.scheduler.fair is not None:
+        served = census.service
+        total = sum(value * config.tenant_weight(t) for t, value in served.items())
+        weights = sum(config.tenant_weight(t) for t in served)
+        mine = served.get(tenant, 0.0)
+        weight = config.tenant_weight(tenant)
         row["share"] = {
             "service": round(mine, 1),
-            "received": round(mine * config.tenant_weight(tenant) / total, 4) if total else 0.0,
-            "fair": round(config.tenant_weight(tenant) / weights, 4) if tenant in counted else None,
+            "received": round(mine * weight / total, 4) if total else 0.0,
+            "fair": round(weight / weights, 4) if tenant in served else None,
         }
     if entry is not None:
         state = await services.limiter.usage(tenant, entry.limits)
@@ -62,17 +94,19 @@ async def _row(runtime: Runtime, tenant: str, now: float) -> dict[str, Any]:
 
 async def list_tenants(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    now = time.monotonic()
-    rows = await asyncio.gather(*(_row(runtime, t, now) for t in _known(runtime)))
+    census = _Census.of(runtime)
+    names = census.known(runtime.config)
+    rows = await asyncio.gather(*(_row(runtime, census, t) for t in names))
     return web.json_response({"tenants": list(rows)})
 
 
 async def get_tenant(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     name = request.match_info["name"]
-    if name not in _known(runtime):
+    census = _Census.of(runtime)
+    if name not in census.known(runtime.config):
         raise TenantNotFound(f"no tenant {name!r}", param="name")
-    return web.json_response(await _row(runtime, name, time.monotonic()))
+    return web.json_response(await _row(runtime, census, name))
 
 
 async def put_tenant(request: web.Request) -> web.Response:
@@ -86,15 +120,11 @@ async def put_tenant(request: web.Request) -> web.Response:
 
 async def delete_tenant(request: web.Request) -> web.Response:
     """Drop a tenant's entry: its keys stay, its requests are no longer restricted."""
-    name = request.match_info["name"]
-
-    def edit(raw: dict[str, Any]) -> None:
-        if name not in raw["tenants"]:
-            raise TenantNotFound(f"no entry for tenant {name!r}", param="name")
-        del raw["tenants"][name]
-
-    version = await edit_config(request, edit)
-    return web.json_response({"deleted": name, "version": version})
+    return await delete_entry(
+        request,
+        "tenants",
+        lambda name: TenantNotFound(f"no entry for tenant {name!r}", param="name"),
+    )
 
 
 ROUTES = [

@@ -17,13 +17,7 @@ from gateway.runtime import Runtime
 
 
 def limited(entry: TenantConfig | None) -> bool:
-    if entry is None:
-        return False
-    limits = entry.limits
-    return any(
-        v is not None
-        for v in (limits.requests_per_second, limits.tokens_per_minute, limits.max_concurrent)
-    )
+    return entry is not None and ask_for(entry.limits, 0, 0).limited
 
 
 async def check_limits(
