@@ -4,8 +4,9 @@ Part 1, fair share (virtual time: the gateway's scheduler, policy, latency model
 predictor against the simulator's engine model, bench.virtual_gateway). Four simulated
 Llama-3.1-8B/H100 servers; ShareGPT prompts; SCORPIO's six classes drawn uniformly; arrivals
 by the Azure conversation trace's gaps. Two tenants of equal weight: A sends at 0.4x the
-fleet's capacity, B at 1x, 2x and 3x. Each B rate runs with fair share on and off, and A
-alone runs once on the same fleet with the same arrivals.
+fleet's capacity, B at 1x, 2x and 3x. Each B rate runs with fair share on, by queue order
+only (no slots kept for the light tenant) and off, and A alone runs once on the same fleet
+with the same arrivals.
 
 Part 2, overhead (real sockets: a simulator process and a gateway process): the time from
 request to reply through the gateway with client keys and per-tenant limits, against the
@@ -72,6 +73,11 @@ def tenant_load(
     return [Planned(i.at, i.sample, i.slo_class, i.max_tokens, tenant) for i in items]
 
 
+# Fair share with a slot kept per light tenant (the default), by queue order only
+# (reserve_slots 0), and off.
+MODES = (("on", True, 1), ("order only", True, 0), ("off", False, 0))
+
+
 def merged(*loads: list[Planned]) -> list[Planned]:
     return list(heapq.merge(*loads, key=lambda i: i.at))
 
@@ -82,9 +88,11 @@ def run(
     lengths: LengthModel,
     *,
     fair: bool,
+    reserve_slots: int = 1,
 ) -> dict[str, Any]:
     started = time.monotonic()
-    scheduler = SchedulerConfig.model_validate({"fair_share": {"enabled": fair}})
+    share = {"enabled": fair, "reserve_slots": reserve_slots}
+    scheduler = SchedulerConfig.model_validate({"fair_share": share})
     outcome = run_virtual(
         items,
         profile=get_profile("llama8b-h100"),
@@ -123,11 +131,11 @@ def fair_share_part(args: argparse.Namespace) -> dict[str, Any]:
             samples, gaps, "b", b_load * capacity, span, offset=5000, seed=2, **common
         )
         items = merged(a_items, b_items)
-        for fair in (True, False):
-            result = run(items, span, lengths, fair=fair)
-            runs.setdefault(f"{b_load:g}", {})["on" if fair else "off"] = result
+        for mode, fair, reserve in MODES:
+            result = run(items, span, lengths, fair=fair, reserve_slots=reserve)
+            runs.setdefault(f"{b_load:g}", {})[mode] = result
             print(
-                f"B at {b_load:g}x, fair share {'on' if fair else 'off'}: "
+                f"B at {b_load:g}x, fair share {mode}: "
                 f"A {result['a']['goodput_rps']:.1f} req/s "
                 f"({result['a']['goodput_rps'] / alone['a']['goodput_rps']:.3f} of alone), "
                 f"B {result['b']['goodput_rps']:.1f}, total {result['total']['goodput_rps']:.1f}"
@@ -269,7 +277,9 @@ def markdown(data: dict[str, Any]) -> str:
         f"uniformly. Tenants A and B of equal weight: A at {fair['a_load']:g}x capacity, B at "
         "each rate below; goodput is requests that met both targets per second of arrivals. "
         f"A alone: goodput {alone['goodput_rps']:.1f} req/s, attainment "
-        f"{alone['attainment_offered']:.3f}.",
+        f"{alone['attainment_offered']:.3f}. Fair share *on* is the default (queue order by "
+        "share, and one slot of the model kept for each recently active tenant below its "
+        "share); *order only* is the queue order without kept slots (`reserve_slots: 0`).",
         "",
         "| B load | fair share | A goodput | A / alone | A attainment | B goodput | "
         "B attainment | total goodput | total / off |",
@@ -277,7 +287,9 @@ def markdown(data: dict[str, Any]) -> str:
     ]
     for b_load, pair in fair["runs"].items():
         off_total = pair["off"]["total"]["goodput_rps"]
-        for mode in ("on", "off"):
+        for mode, _, _ in MODES:
+            if mode not in pair:
+                continue
             run_ = pair[mode]
             a, b, total = run_["a"], run_["b"], run_["total"]
             lines.append(
@@ -329,7 +341,10 @@ def plot(data: dict[str, Any], path: Path) -> None:
     loads = list(fair["runs"])
     alone = fair["alone"]["a"]["goodput_rps"]
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for mode, style in (("on", "-o"), ("off", "--s")):
+    styles = {"on": "-o", "order only": "-.^", "off": "--s"}
+    for mode, style in styles.items():
+        if mode not in fair["runs"][loads[0]]:
+            continue
         axes[0].plot(
             loads,
             [fair["runs"][x][mode]["a"]["goodput_rps"] for x in loads],
@@ -347,7 +362,9 @@ def plot(data: dict[str, Any], path: Path) -> None:
     axes[0].set_ylabel("goodput (req/s)")
     axes[0].legend(fontsize=8)
     axes[0].set_title("Goodput per tenant")
-    for mode, style in (("on", "-o"), ("off", "--s")):
+    for mode, style in styles.items():
+        if mode not in fair["runs"][loads[0]]:
+            continue
         axes[1].plot(
             loads,
             [fair["runs"][x][mode]["total"]["goodput_rps"] for x in loads],

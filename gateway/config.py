@@ -60,7 +60,10 @@ class FairShareConfig(_Frozen):
     """Weighted fair share between tenants under overload (``gateway.scheduling.fairness``):
     service counted in tokens, a prompt token weighing ``prefill_weight`` and a generated
     one ``decode_weight``, per unit of the tenant's ``weight``, decayed with ``half_life_s``.
-    Tenants within ``tolerance`` (relative) plus ``slack_tokens`` of each other rank alike."""
+    Tenants within ``tolerance`` (relative) plus ``slack_tokens`` of each other rank alike.
+    Each tenant that sent a request for a model within ``active_s`` is kept
+    ``reserve_slots`` of that model's slots: requests of tenants served more may not take
+    the last ones (0: ordering only)."""
 
     enabled: bool = True
     half_life_s: float = Field(default=30.0, gt=0, le=86_400)
@@ -68,6 +71,8 @@ class FairShareConfig(_Frozen):
     slack_tokens: float = Field(default=2000.0, ge=0)
     prefill_weight: float = Field(default=1.0, ge=0, le=100)
     decode_weight: float = Field(default=2.0, ge=0, le=100)
+    reserve_slots: int = Field(default=1, ge=0, le=10_000)
+    active_s: float = Field(default=10.0, gt=0, le=86_400)
 
 
 class SchedulerConfig(_Frozen):

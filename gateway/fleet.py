@@ -227,6 +227,20 @@ class Fleet:
     def healthy_for(self, model: str) -> list[Backend]:
         return [b for b in self._backends.values() if b.routable and b.serves(model)]
 
+    def service_time(self, model: str, prompt_tokens: int, output_tokens: int) -> float | None:
+        """How long a request of this size would take, from dispatch to its last token, on
+        the backend that would serve it soonest as loaded now (the online latency models:
+        prefill after the prompts pending there, then each token at the ITL of its batch
+        with one more); None when no backend can take it now."""
+        times = []
+        for b in self.healthy_for(model):
+            prefill = b.prefill.params.predict(b.pending_prefill() + prompt_tokens)
+            batch, mean = b.decoding()
+            context = prompt_tokens + output_tokens / 2
+            mean = (mean * batch + context) / (batch + 1)
+            times.append(prefill + output_tokens * b.itl.params.predict(batch + 1, mean))
+        return min(times, default=None)
+
     def expected_for(self, model: str) -> list[Backend]:
         """Backends meant to serve the model and taking traffic, ready or not yet."""
         return [

@@ -56,13 +56,16 @@ class _Pending:
     ended: list[str] = field(default_factory=list)
 
 
-def ask_for(limits: TenantLimits, prompt_tokens: int, tokens: int) -> QuotaAsk:
+def ask_for(
+    limits: TenantLimits, prompt_tokens: int, tokens: int, hold_s: float | None = None
+) -> QuotaAsk:
     return QuotaAsk(
         limits.requests_per_second,
         limits.tokens_per_minute,
         limits.max_concurrent,
         prompt_tokens,
         tokens,
+        hold_s,
     )
 
 
@@ -157,9 +160,18 @@ class TenantLimiter:
     def shared(self) -> bool:
         return self._store is not None
 
-    async def admit(self, tenant: str, limits: TenantLimits, prompt: int, tokens: int) -> Hold:
-        """Take the request's share of ``tenant``'s limits, or raise RateLimited."""
-        ask = ask_for(limits, prompt, tokens)
+    async def admit(
+        self,
+        tenant: str,
+        limits: TenantLimits,
+        prompt: int,
+        tokens: int,
+        hold_s: float | None = None,
+    ) -> Hold:
+        """Take the request's share of ``tenant``'s limits, or raise RateLimited.
+        ``hold_s``: how long it is predicted to hold a concurrent slot (a refusal for
+        concurrency says to try again when the soonest held slot is predicted to free)."""
+        ask = ask_for(limits, prompt, tokens, hold_s)
         lease = f"{self._replica}:{next(self._ids)}"
         state: QuotaState | None = None
         if self._store is not None:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-CONCURRENT_RETRY_S = 1.0  # when a concurrent slot frees is not known: a second, as a hint
+CONCURRENT_RETRY_S = 1.0  # when no lease says when it ends: a second, as a hint
+MIN_CONCURRENT_RETRY_S = 0.05  # a lease past its predicted end may end at any moment
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,7 @@ class QuotaAsk:
     concurrent: int | None
     prompt_tokens: int
     tokens: int  # prompt plus predicted reply
+    hold_s: float | None = None  # how long it is predicted to hold a concurrent slot
 
     @property
     def limited(self) -> bool:
@@ -47,6 +49,7 @@ class QuotaAsk:
             None if self.concurrent is None else max(1, math.floor(self.concurrent * share)),
             self.prompt_tokens,
             self.tokens,
+            self.hold_s,
         )
 
 
@@ -92,6 +95,16 @@ class _Tenant:
     requests: _Bucket | None = None
     tokens: _Bucket | None = None
     leases: dict[str, float] = field(default_factory=dict)  # lease -> expiry
+    ends: dict[str, float] = field(default_factory=dict)  # lease -> its predicted end
+
+
+def concurrent_wait(ends: Iterable[float], now: float) -> float:
+    """When a concurrent slot is predicted to free: the soonest predicted end of those held
+    (at least ``MIN_CONCURRENT_RETRY_S``), or the hint when none says."""
+    soonest = min(ends, default=None)
+    if soonest is None:
+        return CONCURRENT_RETRY_S
+    return max(MIN_CONCURRENT_RETRY_S, soonest - now)
 
 
 def request_cap(rps: float) -> float:
@@ -113,6 +126,7 @@ class QuotaBook:
         tenant = self._tenants.setdefault(name, _Tenant())
         for lease in [lease for lease, expiry in tenant.leases.items() if expiry <= now]:
             del tenant.leases[lease]
+            tenant.ends.pop(lease, None)
         return tenant
 
     def take(self, tenant_name: str, ask: QuotaAsk, lease: str, ttl_s: float) -> QuotaState:
@@ -140,7 +154,7 @@ class QuotaBook:
                 wait = max(wait, (need - tokens) / rate)
         if ask.concurrent is not None and len(tenant.leases) >= ask.concurrent:
             reasons.append("concurrent")
-            wait = max(wait, CONCURRENT_RETRY_S)
+            wait = max(wait, concurrent_wait(tenant.ends.values(), now))
         admitted = not reasons
         if admitted:
             if tenant.requests is not None and requests is not None:
@@ -149,6 +163,8 @@ class QuotaBook:
                 tenant.tokens.level = tokens = tokens - ask.reserve()
             if ask.concurrent is not None:
                 tenant.leases[lease] = now + ttl_s
+                if ask.hold_s is not None:
+                    tenant.ends[lease] = now + ask.hold_s
         return self._state(admitted, reasons, wait, ask, requests, tokens, len(tenant.leases))
 
     @staticmethod
@@ -185,6 +201,7 @@ class QuotaBook:
         tenant = self._tenant(tenant_name, now)
         if lease is not None:
             tenant.leases.pop(lease, None)
+            tenant.ends.pop(lease, None)
         if tpm is not None and tenant.tokens is not None:
             tenant.tokens.refill(now, tpm, tpm / 60)
             tenant.tokens.level = min(float(tpm), tenant.tokens.level + refund)

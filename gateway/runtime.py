@@ -91,6 +91,8 @@ def fair_share(config: GatewayConfig, current: FairShare | None = None) -> FairS
         rules.slack_tokens,
         rules.prefill_weight,
         rules.decode_weight,
+        rules.reserve_slots,
+        rules.active_s,
     )
     share.weight = config.tenant_weight
     return share

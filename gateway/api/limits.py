@@ -21,15 +21,22 @@ def limited(entry: TenantConfig | None) -> bool:
 
 
 async def check_limits(
-    request: web.Request, runtime: Runtime, tenant: str, entry: TenantConfig, expected: Estimate
+    request: web.Request,
+    runtime: Runtime,
+    tenant: str,
+    entry: TenantConfig,
+    model: str,
+    expected: Estimate,
 ) -> Hold | None:
-    """Take the request's share of its tenant's limits (raises RateLimited), if it has any."""
+    """Take the request's share of its tenant's limits (raises RateLimited), if it has any.
+    It is expected to hold a concurrent slot for as long as the fleet's latency models say
+    a request of its size takes now."""
     if not limited(entry):
         return None
-    prompt = expected.prompt_tokens
-    hold = await runtime.services.limiter.admit(
-        tenant, entry.limits, prompt, prompt + expected.output_tokens
-    )
+    prompt, output = expected.prompt_tokens, expected.output_tokens
+    services = runtime.services
+    hold_s = services.fleet.service_time(model, prompt, output)
+    hold = await services.limiter.admit(tenant, entry.limits, prompt, prompt + output, hold_s)
     request[QUOTA_KEY] = hold.state
     return hold
 

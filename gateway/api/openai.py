@@ -128,7 +128,7 @@ def _generation(endpoint: str, *, chat: bool) -> Any:
         hold = None
         if granted is not None:
             try:
-                hold = await check_limits(request, runtime, *granted, expected)
+                hold = await check_limits(request, runtime, *granted, model, expected)
             except RateLimited as exc:
                 services.proxy.refused(record, exc, f"rate_limit_{exc.reason}")
                 raise

@@ -14,6 +14,12 @@ From the counters, each waiting tenant gets a rank: tenants whose counters lie w
 means more service received. The policy orders its queue by rank before deadline, so when
 its guards must refuse or hold requests, they refuse and hold those of the tenants above
 their share first; among requests that can all be admitted, the order does not matter.
+
+Ordering alone does not keep a light tenant served while another floods: the flood's
+requests, admitted while the light tenant had nothing waiting, fill every slot, and the
+light tenant's next tight request then waits for one to free (nothing is pre-empted). So a
+tenant is also kept ``reserve_slots`` of each model it has used within ``active_s``: a
+request of a tenant ranked above it may not take the model's last ones.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ class ShareRules:
     slack_tokens: float = 2000.0
     prefill: float = 1.0
     decode: float = 2.0
+    reserve_slots: int = 1  # slots kept free per model for each recently active lower-ranked tenant
+    active_s: float = 10.0  # how long after its last arrival a tenant counts as active
 
 
 @dataclass(slots=True)

@@ -164,6 +164,18 @@ def decode_headroom(load: BackendLoad, tpot_limit: float, *, epsilon: float, mar
     return max(0, room)
 
 
+def total_headroom(
+    loads: Iterable[BackendLoad], tpot_limit: float, *, vbs: bool, epsilon: float, margin: float
+) -> int:
+    """How many more requests ``loads`` could take now between them: VBS admission's room
+    at ``tpot_limit``, or with ``vbs`` off the in-flight bounds'."""
+    if vbs:
+        return sum(
+            decode_headroom(load, tpot_limit, epsilon=epsilon, margin=margin) for load in loads
+        )
+    return sum(max(0, load.view.max_in_flight - load.count) for load in loads)
+
+
 def slot_free_times(loads: Iterable[BackendLoad]) -> list[float]:
     """When each in-flight request is predicted to finish, from now, soonest first."""
     times: list[float] = []
@@ -192,7 +204,8 @@ def ttft_rejections(
     Each request is placed, hypothetically, on the backend that would prefill it soonest,
     after the prefill work already pending there and that of the requests ahead of it. If no
     slot is free it first waits for the k-th in-flight request to finish, k its position among
-    those that must wait. It is rejected when its remaining budget is below that predicted
+    those that must wait (counting the slots it must leave to tenants below its share as
+    taken). It is rejected when its remaining budget is below that predicted
     time to first token plus the margin; a rejected request's tokens are not counted.
     Returns ticket -> predicted time to first token, for the rejected ones.
     """
@@ -218,13 +231,7 @@ def ttft_rejections(
         if not serving:
             continue  # nothing to predict with: the request waits (cold start), not refused
         tightest = min(w.tpot_s for w in queue)
-        if vbs:
-            headroom = sum(
-                decode_headroom(load, tightest, epsilon=epsilon, margin=admit_margin)
-                for load in serving
-            )
-        else:
-            headroom = sum(max(0, load.view.max_in_flight - load.count) for load in serving)
+        headroom = total_headroom(serving, tightest, vbs=vbs, epsilon=epsilon, margin=admit_margin)
         free = slot_free_times(serving)
         position = 0
         for w in queue:
@@ -235,10 +242,9 @@ def ttft_rejections(
                 candidates, key=lambda load: predicted_prefill(load, w.prefill_on(load.view.name))
             )
             prefill = predicted_prefill(best, w.prefill_on(best.view.name))
-            if position < headroom or not free:
-                wait = 0.0
-            else:
-                wait = free[min(position - headroom, len(free) - 1)]
+            room = headroom - w.leave_slots  # the last ``leave_slots`` are kept for others
+            beyond = position - room  # how many slots must free before it gets one
+            wait = free[min(beyond, len(free) - 1)] if beyond >= 0 and free else 0.0
             predicted = wait + prefill
             if w.rejectable and w.deadline - now < predicted + margin_s:
                 rejected[w.ticket] = predicted

@@ -16,6 +16,7 @@ from gateway.scheduling.guards import (
     predicted_prefill,
     priority_tier,
     tightness,
+    total_headroom,
     ttft_rejections,
 )
 from gateway.scheduling.placement import (
@@ -105,6 +106,7 @@ class SloPolicy:
         placements: list[Placement] = []
         credits: dict[int, float] = {}
         blocked: set[str] = set()
+        held: dict[str, int] = {}  # model -> the fewest slots to leave that held a request
         models = {w.model for w in ordered}
         instances = cycles(loads.values()) if self.rolling else None
         picker = self._picker(instances)
@@ -130,6 +132,8 @@ class SloPolicy:
                 candidates, w, vbs=self.vbs, epsilon=self.epsilon, margin=self.admit_margin
             )
             admitting = [load for load in candidates if found[load.view.name] is Verdict.OK]
+            if admitting and w.leave_slots and self._held_for(w, candidates, tightest, held):
+                continue  # the model's last slots are kept for tenants below its share
             if admitting:
                 best = picker.pick(admitting, w, context)
                 if best is None:
@@ -189,6 +193,30 @@ class SloPolicy:
                 if model in tightest:
                     tightest[model] = min(tightest[model], load.min_tpot)
         return tightest
+
+    def _held_for(
+        self,
+        w: WaitingView,
+        candidates: list[BackendLoad],
+        tightest: dict[str, float],
+        held: dict[str, int],
+    ) -> bool:
+        """Taking a slot would leave fewer than ``w.leave_slots`` on its model's backends for
+        the tenants below its share (once that holds a request, it holds any asked to leave
+        as many or more in the same pass: room only shrinks)."""
+        if w.leave_slots >= held.get(w.model, w.leave_slots + 1):
+            return True
+        room = total_headroom(
+            candidates,
+            tightest.get(w.model, math.inf),
+            vbs=self.vbs,
+            epsilon=self.epsilon,
+            margin=self.admit_margin,
+        )
+        if room - 1 >= w.leave_slots:
+            return False
+        held[w.model] = w.leave_slots
+        return True
 
     def _urgent(self, w: WaitingView, candidates: list[BackendLoad], now: float) -> bool:
         """The TTFT guard's override: a request whose deadline is near is eligible at once."""

@@ -40,6 +40,7 @@ class _Ticket:
     future: asyncio.Future[Placement | Rejection] = field(repr=False)
     credit: float = 0.0
     rank: int = 0
+    leave_slots: int = 0
     cached: dict[str, int] = field(default_factory=dict)
     affine: str | None = None
     _view: WaitingView | None = field(default=None, repr=False)
@@ -51,6 +52,7 @@ class _Ticket:
             view is None
             or view.credit != self.credit
             or view.rank != self.rank
+            or view.leave_slots != self.leave_slots
             or view.cached is not self.cached
             or view.affine != self.affine
         ):
@@ -62,6 +64,7 @@ class _Ticket:
                 self.rank,
                 self.cached,
                 self.affine,
+                self.leave_slots,
             )
         return view
 
@@ -129,6 +132,8 @@ class Scheduler(Generic[S]):
         self.fair: FairShare | None = FairShare(ShareRules())  # None: no fair share
         self.prefix: PrefixIndex | None = PrefixIndex()  # None: prefix caches not counted
         self._sessions: OrderedDict[str, str] = OrderedDict()  # session -> its last backend
+        # (model, tenant) -> its last arrival, while within fair share's active_s
+        self._arrived: dict[tuple[str, str | None], float] = {}
         self._prefix_version = -1
         self._waiting: dict[int, _Ticket] = {}
         # ticket -> its seat and when it was dispatched, until it is released
@@ -189,6 +194,8 @@ class Scheduler(Generic[S]):
             ticket.future.set_result(Rejection(ticket.id, "no_backend"))
             return ticket
         self._waiting[ticket.id] = ticket
+        if self.fair is not None:
+            self._arrived[(demand.model, demand.tenant)] = self._clock()
         self.schedule()
         return ticket
 
@@ -268,17 +275,31 @@ class Scheduler(Generic[S]):
                 ticket.cached = found
 
     def _rank(self, now: float) -> None:
-        """Each waiting request's fair-share rank, from its tenant's recent service."""
+        """Each waiting request's fair-share rank, from its tenant's recent service, and the
+        slots on its model it must leave free: ``reserve_slots`` for each tenant ranked below it
+        that has used the model within ``active_s`` (waiting now, or arrived since)."""
         fair = self.fair
         if fair is None:
             return
-        tenants = {t.demand.tenant for t in self._waiting.values()}
+        horizon = now - fair.rules.active_s
+        for key in [k for k, at in self._arrived.items() if at < horizon]:
+            del self._arrived[key]
+        active = {(t.demand.model, t.demand.tenant) for t in self._waiting.values()}
+        active.update(self._arrived)
+        tenants = {tenant for _, tenant in active}
         if len(tenants) == 1:
-            ranks: dict[str | None, int] = dict.fromkeys(tenants, 0)
-        else:
-            ranks = fair.ranks(tenants, now)
+            for ticket in self._waiting.values():
+                ticket.rank = ticket.leave_slots = 0
+            return
+        ranks = fair.ranks(tenants, now)
+        by_model: dict[str, list[int]] = {}
+        for model, tenant in active:
+            by_model.setdefault(model, []).append(ranks[tenant])
         for ticket in self._waiting.values():
-            ticket.rank = ranks[ticket.demand.tenant]
+            d = ticket.demand
+            ticket.rank = rank = ranks[d.tenant]
+            below = sum(1 for r in by_model[d.model] if r < rank)
+            ticket.leave_slots = fair.rules.reserve_slots * below
 
     def _rolling(self, name: str) -> RollingView | None:
         place = self.instances.get(name)

@@ -119,6 +119,7 @@ class WaitingView:
     rank: int = 0  # its tenant's fair-share rank: 0 least served (scheduling.fairness)
     cached: Mapping[str, int] = field(default_factory=dict)  # backend -> prompt tokens cached
     affine: str | None = None  # the backend its session's last request went to
+    leave_slots: int = 0  # slots of its model it must leave for tenants ranked below its own
 
     @property
     def model(self) -> str:

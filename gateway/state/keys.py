@@ -74,6 +74,11 @@ class Keys:
         TTL."""
         return f"{self.tag}:tenant:{tenant}:leases"
 
+    def quota_ends(self, tenant: str) -> str:
+        """Sorted set of the same leases by predicted end (when a refused request may try
+        again). Transient: has a TTL."""
+        return f"{self.tag}:tenant:{tenant}:ends"
+
     @property
     def replicas(self) -> str:
         """Sorted set of gateway replicas by when last seen (rate-limit settlement): how many

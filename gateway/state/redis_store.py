@@ -264,11 +264,13 @@ class RedisStore:
         await self._replicated(self.keys.client_keys)
 
     def _quota_keys(self, tenant: str) -> list[str]:
-        return [self.keys.quota(tenant), self.keys.quota_leases(tenant)]
+        keys = self.keys
+        return [keys.quota(tenant), keys.quota_leases(tenant), keys.quota_ends(tenant)]
 
     async def take_quota(self, tenant: str, ask: QuotaAsk, lease: str, ttl_s: float) -> QuotaState:
         args: list[str | int] = [_limit(ask.rps), _limit(ask.tpm), _limit(ask.concurrent)]
         args += [ask.prompt_tokens, ask.reserve(), lease, repr(ttl_s)]
+        args.append("" if ask.hold_s is None else repr(ask.hold_s))
         keys = self._quota_keys(tenant)
         answer = await self.breaker.call(lambda: self._take_quota(keys=keys, args=args))
         return _quota(answer[3:], bool(int(answer[0])), str(answer[1]), float(answer[2]))

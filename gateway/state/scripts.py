@@ -6,6 +6,8 @@ tag (``keys.py``), so each runs on one node of a Redis Cluster too.
 
 from __future__ import annotations
 
+from gateway.quota import CONCURRENT_RETRY_S, MIN_CONCURRENT_RETRY_S
+
 # Compare-and-set of the config.
 # KEYS[1]: config hash (fields version, payload). KEYS[2]: change channel.
 # ARGV[1]: expected version, or "" for an unconditional write. ARGV[2]: payload.
@@ -194,19 +196,26 @@ end
 """
 
 # Admit one request against its tenant's limits, taking a request, its token reservation and
-# a concurrent lease at once, or nothing.
+# a concurrent lease at once, or nothing. KEYS[3]: the sorted set of the leases' predicted
+# ends, from which a refusal for concurrency says when the soonest slot should free.
 # ARGV: 1 requests/s, 2 tokens/min, 3 max concurrent ('' for each limit not set), 4 prompt
-#   tokens, 5 tokens to reserve, 6 lease id, 7 lease ttl s.
+#   tokens, 5 tokens to reserve, 6 lease id, 7 lease ttl s, 8 how long the request is
+#   predicted to hold its slot, s ('' if not known).
 # Returns {admitted, reason ('' or requests|tokens|concurrent|too_large), retry s, requests
 #   level, its seconds to full, tokens level, its seconds to full, concurrent} (levels '' for
 #   a limit not set).
 TAKE_QUOTA = (
     _QUOTA_LIB
+    + f"local MIN_CONCURRENT_RETRY_S = {MIN_CONCURRENT_RETRY_S!r}\n"
+    + f"local CONCURRENT_RETRY_S = {CONCURRENT_RETRY_S!r}\n"
     + """
 local rps, tpm, cmax = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local prompt, need, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[7])
 local h = redis.call('HMGET', KEYS[1], 'rl', 'rt', 'tl', 'tt')
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
+  redis.call('ZREM', KEYS[2], id)  -- lapsed: its replica stopped renewing it
+  redis.call('ZREM', KEYS[3], id)
+end
 local conc = redis.call('ZCARD', KEYS[2])
 local rank = {too_large = 1, concurrent = 2, requests = 3, tokens = 4}
 local reason, wait = '', 0
@@ -225,7 +234,14 @@ if tpm then
   if prompt > tpm then refuse('too_large', 0)
   elseif tl < need then refuse('tokens', (need - tl) / (tpm / 60)) end
 end
-if cmax and conc >= cmax then refuse('concurrent', 1) end
+if cmax and conc >= cmax then
+  local soonest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  if soonest[2] then
+    refuse('concurrent', math.max(MIN_CONCURRENT_RETRY_S, tonumber(soonest[2]) - now))
+  else
+    refuse('concurrent', CONCURRENT_RETRY_S)
+  end
+end
 local ok = reason == ''
 if ok then
   if rl then
@@ -241,6 +257,11 @@ if ok then
   if cmax then
     redis.call('ZADD', KEYS[2], now + ttl, ARGV[6])
     redis.call('PEXPIRE', KEYS[2], math.ceil(ttl * 2000))
+    local hold = tonumber(ARGV[8])
+    if hold then
+      redis.call('ZADD', KEYS[3], now + hold, ARGV[6])
+      redis.call('PEXPIRE', KEYS[3], math.ceil(ttl * 2000))
+    end
     conc = conc + 1
   end
 end
@@ -275,26 +296,32 @@ return fmt(rl, rr, tl, tr, conc)
 )
 
 # One replica's settlements since its last call, and the renewal of its concurrent leases.
-# KEYS[1]: the sorted set of replicas by when last seen; then per tenant its bucket hash and
-#   lease set. ARGV: 1 replica id, 2 lease ttl s, 3 replica ttl s; then per tenant 4 values:
-#   tokens/min ('' if not set), tokens to give back (negative: owed), lease ids ended and
-#   lease ids to renew (each space-separated).
+# KEYS[1]: the sorted set of replicas by when last seen; then per tenant its bucket hash,
+#   lease set and set of the leases' predicted ends. ARGV: 1 replica id, 2 lease ttl s,
+#   3 replica ttl s; then per tenant 4 values: tokens/min ('' if not set), tokens to give
+#   back (negative: owed), lease ids ended and lease ids to renew (each space-separated).
 # Returns how many replicas were seen within the replica ttl, this one included.
 SETTLE_QUOTA = (
     _QUOTA_LIB
     + """
 local ttl, replica_ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
-for i = 1, (#KEYS - 1) / 2 do
-  local quota, leases = KEYS[2 * i], KEYS[2 * i + 1]
+for i = 1, (#KEYS - 1) / 3 do
+  local quota, leases, ends = KEYS[3 * i - 1], KEYS[3 * i], KEYS[3 * i + 1]
   local base = 3 + 4 * (i - 1)
   local tpm, refund = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
-  for id in string.gmatch(ARGV[base + 3], '%S+') do redis.call('ZREM', leases, id) end
+  for id in string.gmatch(ARGV[base + 3], '%S+') do
+    redis.call('ZREM', leases, id)
+    redis.call('ZREM', ends, id)
+  end
   local renewed = false
   for id in string.gmatch(ARGV[base + 4], '%S+') do
     redis.call('ZADD', leases, 'XX', now + ttl, id)
     renewed = true
   end
-  if renewed then redis.call('PEXPIRE', leases, math.ceil(ttl * 2000)) end
+  if renewed then
+    redis.call('PEXPIRE', leases, math.ceil(ttl * 2000))
+    if redis.call('EXISTS', ends) == 1 then redis.call('PEXPIRE', ends, math.ceil(ttl * 2000)) end
+  end
   if tpm and refund ~= 0 then
     local h = redis.call('HMGET', quota, 'tl', 'tt')
     local tl = math.min(tpm, refill(h[1], h[2], tpm, tpm / 60) + refund)

@@ -4,6 +4,7 @@ concurrent slots, and limits shared by replicas on Redis (and kept when Redis go
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,9 @@ from typing import Any
 import aiohttp
 
 from bench.procs import redis_server
+from gateway.api.context import RUNTIME
 from gateway.app import RunningServer
+from gateway.estimate import estimate
 from tests.conftest import MODEL, GatewayFactory, SimFactory
 
 BODY = {"model": MODEL, "prompt": "p", "max_tokens": 2}
@@ -122,7 +125,15 @@ async def test_concurrency_limit_counts_requests_in_flight(
         await first.content.readline()  # streaming: in flight
         status, body, answer = await _post(http, gateway, key)
         assert (status, body["error"]["code"]) == (429, "concurrency_limit_exceeded")
-        assert answer["Retry-After"] == "1"
+        # When the slot frees, from the latency models: the first request was predicted to
+        # take at most what one like it would take now, with it in flight (a bigger batch).
+        runtime = gateway.runner.app[RUNTIME]
+        services = runtime.services
+        size = estimate(long, services.lengths, runtime.config.scheduler.output_quantile)
+        now_s = services.fleet.service_time(MODEL, size.prompt_tokens, size.output_tokens)
+        assert now_s is not None
+        assert 0 < int(answer["retry-after-ms"]) <= now_s * 1000 + 1
+        assert answer["Retry-After"] == str(max(1, math.ceil(int(answer["retry-after-ms"]) / 1000)))
         await first.read()
     assert (await _post(http, gateway, key))[0] == 200  # its slot came back when it ended
 

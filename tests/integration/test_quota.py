@@ -61,8 +61,9 @@ def ask(
     concurrent: int | None = None,
     prompt: int = 10,
     tokens: int = 10,
+    hold_s: float | None = None,
 ) -> QuotaAsk:
-    return QuotaAsk(rps, tpm, concurrent, prompt, tokens)
+    return QuotaAsk(rps, tpm, concurrent, prompt, tokens, hold_s)
 
 
 async def settle(quotas: QuotaStore, *entries: Settlement) -> None:
@@ -130,6 +131,33 @@ async def test_concurrent_slots_are_taken_and_given_back(quotas: QuotaStore) -> 
     assert (third.admitted, third.reason, third.concurrent) == (False, "concurrent", 2)
     await settle(quotas, Settlement("t", None, 0, ended=("l1",)))
     assert (await quotas.take_quota("t", claim, "l3", 30)).admitted
+
+
+async def test_a_concurrency_refusal_says_when_the_soonest_slot_frees(
+    quotas: QuotaStore,
+) -> None:
+    assert (await quotas.take_quota("t", ask(concurrent=2, hold_s=8.0), "l1", 30)).admitted
+    assert (await quotas.take_quota("t", ask(concurrent=2, hold_s=3.0), "l2", 30)).admitted
+    refused = await quotas.take_quota("t", ask(concurrent=2, hold_s=5.0), "l3", 30)
+    assert (refused.admitted, refused.reason) == (False, "concurrent")
+    assert refused.retry_after_s == pytest.approx(3.0, abs=REAL_TIME)
+    # The 3 s request ended: the next to free is the 8 s one.
+    await settle(quotas, Settlement("t", None, 0, ended=("l2",)))
+    assert (await quotas.take_quota("t", ask(concurrent=2, hold_s=0.1), "l4", 30)).admitted
+    await asyncio.sleep(0.3)
+    # l4 overran its prediction: it may end at any moment, so try again soon.
+    overran = await quotas.take_quota("t", ask(concurrent=2), "l5", 30)
+    assert overran.retry_after_s == pytest.approx(0.05)
+    await settle(quotas, Settlement("t", None, 0, ended=("l4",)))
+    assert (await quotas.take_quota("t", ask(concurrent=2), "l5", 30)).admitted
+    later = await quotas.take_quota("t", ask(concurrent=2), "l6", 30)
+    assert later.retry_after_s == pytest.approx(8.0 - 0.3, abs=REAL_TIME)
+    # A lease that lapsed (its replica died) no longer says anything.
+    assert (await quotas.take_quota("u", ask(concurrent=1, hold_s=5.0), "d1", 0.2)).admitted
+    await asyncio.sleep(0.3)
+    assert (await quotas.take_quota("u", ask(concurrent=1), "d2", 30)).admitted
+    hinted = await quotas.take_quota("u", ask(concurrent=1), "d3", 30)
+    assert hinted.retry_after_s == pytest.approx(1.0)  # d2 said nothing of its length
 
 
 async def test_a_lease_not_renewed_lapses(quotas: QuotaStore) -> None:

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import cast
+
 import pytest
 
+from adapters.base import EngineAdapter
+from gateway.config import BackendConfig, LatencyPrior
+from gateway.fleet import Backend, Fleet, Seat
 from gateway.scheduling.fairness import FairShare, ShareRules
+from gateway.scheduling.policy import SloPolicy
+from gateway.scheduling.scheduler import Scheduler
+from gateway.scheduling.snapshot import Demand, Placement, Rejection
 
 RULES = ShareRules(half_life_s=10.0, tolerance=0.1, slack_tokens=100.0, prefill=1.0, decode=2.0)
 
@@ -50,3 +59,60 @@ def test_a_heavier_tenant_ranks_with_one_served_half_as_much() -> None:
     share.charge("heavy", 2000, 0, now=0.0)
     share.charge("light", 1000, 0, now=0.0)
     assert share.ranks(["heavy", "light"], 0.0) == {"heavy": 0, "light": 0}
+
+
+def _queue(now: list[float], rules: ShareRules) -> Scheduler[Seat]:
+    """A scheduler over one backend of two slots, on a clock the test moves."""
+    config = BackendConfig.model_validate(
+        {"name": "b0", "url": "http://127.0.0.1:9", "max_in_flight": 2}
+    )
+    backend = Backend.create(config, cast(EngineAdapter, None), LatencyPrior())  # never called
+    backend.healthy, backend.discovered = True, frozenset({"m"})
+    fleet = Fleet([backend], unhealthy_after=2, probe_timeout_s=1.0)
+    policy = SloPolicy(vbs=False, credits=False, reject=False)
+    queue = Scheduler(fleet, policy, clock=lambda: now[0])
+    queue.fair = FairShare(rules)
+    return queue
+
+
+def test_a_recently_active_tenant_below_its_share_keeps_a_slot() -> None:
+    now = [0.0]
+    queue = _queue(now, ShareRules(reserve_slots=1, active_s=10.0))
+    loop = asyncio.new_event_loop()  # only to create futures
+    try:
+        assert queue.fair is not None
+        queue.fair.charge("b", 100_000, 0, now=0.0)  # b has been served far more than a
+
+        def ask(tenant: str) -> asyncio.Future[Placement | Rejection]:
+            return queue.submit(Demand("m", now[0], now[0] + 60, tenant=tenant), loop)[1]
+
+        light = ask("a")
+        assert isinstance(light.result(), Placement)
+        queue.finish(light.result().ticket)  # a has nothing waiting or in flight now
+        now[0] = 1.0
+        flood = [ask("b") for _ in range(3)]
+        # a arrived within 10 s: b takes one of the two slots and leaves the other.
+        assert [f.done() for f in flood] == [True, False, False]
+        again = ask("a")
+        assert isinstance(again.result(), Placement)  # a finds its slot free
+        queue.finish(again.result().ticket)
+        now[0] = 11.5  # a's last arrival is now more than 10 s old: b may use every slot
+        queue.schedule()
+        assert [f.done() for f in flood] == [True, True, False]
+    finally:
+        loop.close()
+
+
+def test_with_no_reserve_the_flood_takes_every_slot() -> None:
+    now = [0.0]
+    queue = _queue(now, ShareRules(reserve_slots=0))
+    loop = asyncio.new_event_loop()
+    try:
+        assert queue.fair is not None
+        queue.fair.charge("b", 100_000, 0, now=0.0)
+        light = queue.submit(Demand("m", 0.0, 60.0, tenant="a"), loop)[1]
+        queue.finish(light.result().ticket)
+        flood = [queue.submit(Demand("m", 0.0, 60.0, tenant="b"), loop)[1] for _ in range(2)]
+        assert all(f.done() for f in flood)
+    finally:
+        loop.close()

@@ -71,9 +71,10 @@ def wait(
     model: str = "m",
     rejectable: bool = True,
     rank: int = 0,
+    leave_slots: int = 0,
 ) -> WaitingView:
     demand = Demand(model, arrival, deadline, tpot, prompt, predicted, reserve, rejectable)
-    return WaitingView(ticket, demand, frozenset(), credit, rank)
+    return WaitingView(ticket, demand, frozenset(), credit, rank, leave_slots=leave_slots)
 
 
 def test_ldf_orders_by_deadline_then_arrival() -> None:
@@ -273,3 +274,34 @@ def test_a_tenant_above_its_share_is_held_first() -> None:
     # When both fit, both go: the rank only decides who is held or refused.
     both = SloPolicy(credits=False)(queue, [backend(cap=2)], 0.0)
     assert sorted(p.ticket for p in both.placements) == [1, 2]
+
+
+def test_slots_left_for_tenants_below_its_share_count_as_taken() -> None:
+    # Two slots, one taken by a request with 1.1 s of decoding left. A request that may use
+    # the free one goes now; one that must leave it to a lighter tenant waits for 1.1 s.
+    view = backend(requests=running(1, remaining=100), cap=2)
+    assert _rejections([wait(1, deadline=0.5, rank=1)], [view]) == {}
+    kept = _rejections([wait(1, deadline=0.5, rank=1, leave_slots=1)], [view])
+    assert kept == {1: pytest.approx(1.2)}
+
+
+def test_a_tenant_above_its_share_leaves_the_last_slots() -> None:
+    policy = SloPolicy(credits=False, reject=False)
+    heavy = [
+        wait(1, deadline=5.0, rank=1, leave_slots=1),
+        wait(2, deadline=6.0, rank=1, leave_slots=1),
+    ]
+    # Two slots: the heavy tenant takes one and leaves the last; with three it takes two.
+    plan = policy(heavy, [backend(cap=2)], 0.0)
+    assert [p.ticket for p in plan.placements] == [1]
+    plan = policy(heavy, [backend(cap=3)], 0.0)
+    assert [p.ticket for p in plan.placements] == [1, 2]
+    # Held, not refused; and the lighter tenant's own request takes the kept slot.
+    light = wait(3, deadline=7.0)
+    plan = policy([*heavy, light], [backend(cap=2)], 0.0)
+    assert [p.ticket for p in plan.placements] == [3]  # the last slot stays kept
+    assert plan.rejections == []
+    # With VBS the slots are those its ITL model allows at a 50 ms target: 28 in flight.
+    for running_now, placed in ((25, [1, 2]), (26, [1]), (27, [])):
+        crowded = backend(requests=running(running_now, 0.05), cap=64)
+        assert [p.ticket for p in policy(heavy, [crowded], 0.0).placements] == placed
