@@ -30,7 +30,7 @@ from gateway.slo import SloTarget
 from predictor.model import LengthModel
 
 MODEL = "virtual-model"
-GUARD_REASONS = ("ttft_unattainable", "tpot_unattainable")
+GUARD_REASONS = ("ttft_unattainable", "ttft_late", "tpot_unattainable")
 
 
 @dataclass(slots=True)

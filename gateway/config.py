@@ -87,6 +87,13 @@ class SchedulerConfig(_Frozen):
     epsilon: float = Field(default=1.3, ge=1.0)
     admit_margin: float = Field(default=0.99, gt=0, le=1.0)
     urgent_ms: float = Field(default=100.0, ge=0)
+    # When the TTFT guard refuses: "deadline" re-decides the whole queue each pass (a request
+    # may be refused later, when tighter ones overtake it); "arrival" decides each request as
+    # it arrives and protects those it admitted (gateway.scheduling.admission).
+    admission: Literal["deadline", "arrival"] = "deadline"
+    # At arrival, a reply in flight past its predicted length counts as going on for this
+    # share again of what it has produced (0: as ending now).
+    overrun_share: float = Field(default=0.25, ge=0, le=10)
     tick_ms: float = Field(default=10.0, gt=0)
     output_quantile: Literal["p50", "p90", "p95"] = Field(
         default="p90", description="Predicted output used for the KV reservation."

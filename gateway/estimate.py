@@ -22,6 +22,7 @@ class Estimate:
     prompt_tokens: int  # tokenizer-free estimate of the prompt and its history
     output_tokens: int  # predicted reply length, capped by max_tokens
     output_reserve: int  # the conservative quantile, reserved in the KV cache
+    known_length: bool = False  # the request fixes its own length: no prediction was needed
 
     @property
     def min_prompt_tokens(self) -> int:
@@ -31,16 +32,43 @@ class Estimate:
         return self.prompt_tokens // 2
 
 
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def length_bounds(body: Mapping[str, Any]) -> tuple[int, int | None]:
+    """What the request itself says of its reply's length: at least ``min_tokens`` (at most
+    its limit), and exactly its limit when it cannot stop before (``ignore_eos`` with no stop
+    strings or stop tokens, or ``min_tokens`` equal to the limit)."""
+    limit = _count(body.get("max_tokens", body.get("max_completion_tokens")))
+    floor = max(0, _count(body.get("min_tokens")) or 0)
+    if limit is not None:
+        floor = min(floor, limit)
+        stops = body.get("stop") or body.get("stop_token_ids")
+        if (body.get("ignore_eos") is True and not stops) or floor == limit:
+            return limit, limit
+    return floor, None
+
+
 def estimate(
     body: Mapping[str, Any], lengths: LengthModel, quantile: Literal["p50", "p90", "p95"]
 ) -> Estimate:
+    """The prompt's size and the reply's predicted length (and its conservative quantile);
+    a length the request fixes itself replaces the prediction, and ``min_tokens`` floors it."""
     prompt = info_from_request(body)
-    prediction = lengths.predict(prompt)
+    floor, fixed = length_bounds(body)
+    if fixed is not None:
+        output = reserve = fixed
+    else:
+        prediction = lengths.predict(prompt)
+        output = max(floor, prediction.tokens)
+        reserve = max(floor, getattr(prediction, quantile))
     return Estimate(
         prompt=prompt,
         prompt_tokens=approx_tokens(prompt.prompt) + prompt.history_tokens,
-        output_tokens=prediction.tokens,
-        output_reserve=getattr(prediction, quantile),
+        output_tokens=output,
+        output_reserve=reserve,
+        known_length=fixed is not None,
     )
 
 

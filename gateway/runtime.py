@@ -74,6 +74,8 @@ def make_policy(config: SchedulerConfig) -> Policy:
         admit_margin=config.admit_margin,
         urgent_s=config.urgent_ms / 1000,
         rolling=config.placement == "rolling",
+        commit=config.admission == "arrival",
+        overrun=config.overrun_share,
         prefix_weight=config.prefix_weight,
         session_weight=config.session_weight,
     )

@@ -32,7 +32,7 @@ from gateway.scheduling.macro import bounds_of, pool_members, removal_candidate
 
 log = logging.getLogger(__name__)
 Action = Literal["scale_out", "scale_in", "hold"]
-REJECTED_FOR_TTFT = frozenset({"ttft_unattainable", "no_ready_backend"})
+REJECTED_FOR_TTFT = frozenset({"ttft_unattainable", "ttft_late", "no_ready_backend"})
 
 
 @dataclass(frozen=True, slots=True)

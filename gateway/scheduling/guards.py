@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from gateway.scheduling.snapshot import BackendView, WaitingView
@@ -59,7 +59,8 @@ class BackendLoad:
     min_tpot: float
     kv_reserved: int
     pending_prefill: int
-    remaining: list[tuple[int, int, bool]] = field(default_factory=list)
+    # per request: prompt tokens to prefill, predicted reply length, tokens so far, started
+    remaining: list[tuple[int, int, int, bool]] = field(default_factory=list)
 
     @classmethod
     def of(cls, view: BackendView) -> BackendLoad:
@@ -71,7 +72,9 @@ class BackendLoad:
             min_tpot=min(min((r.tpot_s for r in requests), default=math.inf), peers.min_tpot_s),
             kv_reserved=sum(r.reserved_kv for r in requests) + peers.kv_tokens,
             pending_prefill=sum(r.prefill_tokens for r in requests if not r.started),
-            remaining=[(r.prefill_tokens, r.remaining_tokens, r.started) for r in requests],
+            remaining=[
+                (r.prefill_tokens, r.predicted_tokens, r.tokens, r.started) for r in requests
+            ],
         )
 
     def mean_context(self, extra_count: int = 0, extra_context: float = 0.0) -> float:
@@ -87,7 +90,7 @@ class BackendLoad:
         self.min_tpot = min(self.min_tpot, w.tpot_s)
         self.kv_reserved += w.kv_need_on(name)
         self.pending_prefill += w.prefill_on(name)
-        self.remaining.append((w.prefill_on(name), w.predicted_tokens, False))
+        self.remaining.append((w.prefill_on(name), w.predicted_tokens, 0, False))
         self.view = replace(self.view, dispatched=self.view.dispatched + 1)
 
 
@@ -176,17 +179,96 @@ def total_headroom(
     return sum(max(0, load.view.max_in_flight - load.count) for load in loads)
 
 
-def slot_free_times(loads: Iterable[BackendLoad]) -> list[float]:
-    """When each in-flight request is predicted to finish, from now, soonest first."""
+def tokens_left(predicted: int, tokens: int, overrun: float | None) -> int:
+    """A reply's tokens still to come: to its predicted length; past that none, or with
+    ``overrun`` that share again of what it has produced (reply lengths are heavy-tailed:
+    the longer one has outlived its prediction, the longer it is likely to go on)."""
+    if tokens < predicted:
+        return predicted - tokens
+    return 0 if overrun is None else int(tokens * overrun)
+
+
+def slot_free_times(loads: Iterable[BackendLoad], *, overrun: float | None = None) -> list[float]:
+    """When each in-flight request is predicted to finish, from now, soonest first
+    (``overrun``: see ``tokens_left``)."""
     times: list[float] = []
     for load in loads:
         view = load.view
         itl = view.itl.predict(max(load.count, 1), load.mean_context()) if view.itl else 0.0
-        for prompt, remaining, started in load.remaining:
+        for prompt, predicted, tokens, started in load.remaining:
             prefill = 0.0 if started or view.prefill is None else view.prefill.predict(prompt)
-            times.append(prefill + remaining * itl)
+            times.append(prefill + tokens_left(predicted, tokens, overrun) * itl)
     times.sort()
     return times
+
+
+@dataclass(frozen=True, slots=True)
+class Serving:
+    """One model's backends as the TTFT walk sees them: their loads, how many more requests
+    they could take now between them, and when each in-flight request should end."""
+
+    loads: list[BackendLoad]
+    headroom: int
+    free: list[float]
+
+
+def serving_for(
+    model: str,
+    queue: Sequence[WaitingView],
+    loads: dict[str, BackendLoad],
+    *,
+    epsilon: float,
+    admit_margin: float,
+    vbs: bool,
+    overrun: float | None = None,
+) -> Serving | None:
+    """The healthy backends serving ``model`` (None: none, nothing to predict with); their
+    slots free as ``slot_free_times`` says with ``overrun``."""
+    serving = [load for load in loads.values() if load.view.healthy and model in load.view.models]
+    if not serving:
+        return None
+    tightest = min(w.tpot_s for w in queue)
+    headroom = total_headroom(serving, tightest, vbs=vbs, epsilon=epsilon, margin=admit_margin)
+    return Serving(serving, headroom, slot_free_times(serving, overrun=overrun))
+
+
+def ttft_walk(
+    queue: Iterable[WaitingView],
+    serving: Serving,
+    pending: dict[str, int],
+    keep: Callable[[WaitingView, float], bool],
+) -> dict[int, float]:
+    """The TTFT guard's walk over ``queue`` in its order (SCORPIO §3, gateway form).
+
+    Each request is placed, hypothetically, on the backend that would prefill it soonest,
+    after the prefill work ``pending`` there (updated as the walk goes) and that of the
+    requests ahead of it. If no slot is free it first waits for the k-th in-flight request to
+    finish, k its position among those that must wait (counting the slots it must leave to
+    tenants below its share as taken). ``keep`` says, from its predicted time to first token,
+    whether it stays in the schedule; one that does not adds no work for those behind it.
+    Returns ticket -> predicted time to first token, for every request with a candidate."""
+    predicted: dict[int, float] = {}
+    free, position = serving.free, 0
+    for w in queue:
+        best, prefill = None, math.inf
+        for load in serving.loads:
+            name = load.view.name
+            if name in w.excluded:
+                continue
+            params = load.view.prefill
+            seconds = 0.0 if params is None else params.predict(pending[name] + w.prefill_on(name))
+            if seconds < prefill:
+                best, prefill = load, seconds
+        if best is None:
+            continue
+        room = serving.headroom - w.leave_slots  # the last ``leave_slots`` are kept for others
+        beyond = position - room  # how many slots must free before it gets one
+        wait = free[min(beyond, len(free) - 1)] if beyond >= 0 and free else 0.0
+        predicted[w.ticket] = ttft = wait + prefill
+        if keep(w, ttft):
+            pending[best.view.name] += w.prefill_on(best.view.name)
+            position += 1
+    return predicted
 
 
 def ttft_rejections(
@@ -199,56 +281,25 @@ def ttft_rejections(
     admit_margin: float,
     vbs: bool,
 ) -> dict[int, float]:
-    """The TTFT guard's walk over the queue in LDF order (SCORPIO §3, gateway form).
+    """The TTFT guard at the deadline: walking the queue in LDF order, a request is rejected
+    when its remaining budget is below its predicted time to first token plus the margin.
+    Returns ticket -> predicted time to first token, for the rejected ones."""
 
-    Each request is placed, hypothetically, on the backend that would prefill it soonest,
-    after the prefill work already pending there and that of the requests ahead of it. If no
-    slot is free it first waits for the k-th in-flight request to finish, k its position among
-    those that must wait (counting the slots it must leave to tenants below its share as
-    taken). It is rejected when its remaining budget is below that predicted
-    time to first token plus the margin; a rejected request's tokens are not counted.
-    Returns ticket -> predicted time to first token, for the rejected ones.
-    """
+    def fits(w: WaitingView, ttft: float) -> bool:
+        return not w.rejectable or w.deadline - now >= ttft + margin_s
+
     rejected: dict[int, float] = {}
-    models = {w.model for w in ordered}
-    work = {
-        name: BackendLoad(
-            load.view,
-            load.count,
-            load.context_sum,
-            load.min_tpot,
-            load.kv_reserved,
-            load.pending_prefill,
-            load.remaining,
-        )
-        for name, load in loads.items()
-    }
-    for model in models:
+    pending = {name: load.pending_prefill for name, load in loads.items()}
+    for model in {w.model for w in ordered}:
         queue = [w for w in ordered if w.model == model]
-        serving = [
-            work[n] for n, load in loads.items() if load.view.healthy and model in load.view.models
-        ]
-        if not serving:
+        serving = serving_for(
+            model, queue, loads, epsilon=epsilon, admit_margin=admit_margin, vbs=vbs
+        )
+        if serving is None:
             continue  # nothing to predict with: the request waits (cold start), not refused
-        tightest = min(w.tpot_s for w in queue)
-        headroom = total_headroom(serving, tightest, vbs=vbs, epsilon=epsilon, margin=admit_margin)
-        free = slot_free_times(serving)
-        position = 0
+        predicted = ttft_walk(queue, serving, pending, fits)
         for w in queue:
-            candidates = [load for load in serving if load.view.name not in w.excluded]
-            if not candidates:
-                continue
-            best = min(
-                candidates, key=lambda load: predicted_prefill(load, w.prefill_on(load.view.name))
-            )
-            prefill = predicted_prefill(best, w.prefill_on(best.view.name))
-            room = headroom - w.leave_slots  # the last ``leave_slots`` are kept for others
-            beyond = position - room  # how many slots must free before it gets one
-            wait = free[min(beyond, len(free) - 1)] if beyond >= 0 and free else 0.0
-            predicted = wait + prefill
-            if w.rejectable and w.deadline - now < predicted + margin_s:
-                rejected[w.ticket] = predicted
-                continue
-            best.pending_prefill += w.prefill_on(best.view.name)
-            position += 1
+            ttft = predicted.get(w.ticket)
+            if ttft is not None and not fits(w, ttft):
+                rejected[w.ticket] = ttft
     return rejected

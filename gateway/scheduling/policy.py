@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from gateway.scheduling.admission import commitments
 from gateway.scheduling.guards import (
     BackendLoad,
     Verdict,
@@ -68,7 +69,9 @@ class SloPolicy:
     """LDF queue, TTFT rejection, VBS admission with the KV fit, and credits; each can be
     switched off for ablation (with all off it is FIFO under the in-flight bound).
     ``rolling`` places admitted requests by macro instance and rolling activation instead of
-    by least budget used."""
+    by least budget used. ``commit``: the TTFT guard decides at arrival and protects what it
+    admitted (``admission.commitments``, cautious by ``overrun``) instead of re-deciding the
+    whole queue each pass."""
 
     ldf: bool = True
     reject: bool = True
@@ -79,6 +82,8 @@ class SloPolicy:
     admit_margin: float = 0.99
     urgent_s: float = 0.1
     rolling: bool = False
+    commit: bool = False
+    overrun: float = 0.25
     prefix_weight: float = 0.5
     session_weight: float = 0.2
 
@@ -88,7 +93,24 @@ class SloPolicy:
         ordered = sorted(waiting, key=ldf_key if self.ldf else fifo_key)
         loads = {b.name: BackendLoad.of(b) for b in backends}
         rejections: list[Rejection] = []
-        if self.reject:
+        committed: list[int] = []
+        if self.reject and self.commit:
+            decided = commitments(
+                ordered,
+                loads,
+                now=now,
+                margin_s=self.margin_s,
+                epsilon=self.epsilon,
+                admit_margin=self.admit_margin,
+                vbs=self.vbs,
+                overrun=self.overrun,
+            )
+            committed = decided.committed
+            rejections = [
+                *(Rejection(t, "ttft_unattainable", p) for t, p in decided.refused.items()),
+                *(Rejection(t, "ttft_late", p) for t, p in decided.late.items()),
+            ]
+        elif self.reject:
             rejected = ttft_rejections(
                 ordered,
                 loads,
@@ -101,7 +123,9 @@ class SloPolicy:
             rejections = [
                 Rejection(t, "ttft_unattainable", predicted) for t, predicted in rejected.items()
             ]
-            ordered = [w for w in ordered if w.ticket not in rejected]
+        if rejections:
+            gone = {r.ticket for r in rejections}
+            ordered = [w for w in ordered if w.ticket not in gone]
         tightest = self._tightest(ordered, loads.values())
         placements: list[Placement] = []
         credits: dict[int, float] = {}
@@ -165,7 +189,7 @@ class SloPolicy:
                 continue  # SCORPIO's shortcut: its own tight target must not block looser ones
             blocked.add(w.model)  # keep LDF order: nothing behind it jumps ahead
         activations = {c.instance: c.activation() for c in instances or () if c.changed}
-        return Plan(placements, rejections, credits, activations)
+        return Plan(placements, rejections, credits, activations, committed)
 
     def _picker(self, instances: list[Cycle] | None) -> Picker:
         """Rolling activation, or the scorers: the share of its budgets a request would use,

@@ -41,6 +41,7 @@ class _Ticket:
     credit: float = 0.0
     rank: int = 0
     leave_slots: int = 0
+    committed: bool = False
     cached: dict[str, int] = field(default_factory=dict)
     affine: str | None = None
     _view: WaitingView | None = field(default=None, repr=False)
@@ -53,6 +54,7 @@ class _Ticket:
             or view.credit != self.credit
             or view.rank != self.rank
             or view.leave_slots != self.leave_slots
+            or view.committed != self.committed
             or view.cached is not self.cached
             or view.affine != self.affine
         ):
@@ -65,6 +67,7 @@ class _Ticket:
                 self.cached,
                 self.affine,
                 self.leave_slots,
+                self.committed,
             )
         return view
 
@@ -340,6 +343,9 @@ class Scheduler(Generic[S]):
                 self.fair.charge(d.tenant, d.prompt_tokens, d.predicted_tokens, now)
             ticket.future.set_result(placement)
         self._active.update(plan.activations)
+        for ticket_id in plan.committed:
+            if ticket_id in self._waiting:
+                self._waiting[ticket_id].committed = True
         for ticket_id, credit in plan.credits.items():
             if ticket_id in self._waiting:
                 self._waiting[ticket_id].credit = credit

@@ -41,10 +41,6 @@ class InFlightView:
     def context(self) -> int:
         return self.prompt_tokens + self.tokens
 
-    @property
-    def remaining_tokens(self) -> int:
-        return max(0, self.predicted_tokens - self.tokens)
-
 
 @dataclass(frozen=True, slots=True)
 class RollingView:
@@ -120,6 +116,7 @@ class WaitingView:
     cached: Mapping[str, int] = field(default_factory=dict)  # backend -> prompt tokens cached
     affine: str | None = None  # the backend its session's last request went to
     leave_slots: int = 0  # slots of its model it must leave for tenants ranked below its own
+    committed: bool = False  # admission committed to serving it in time (scheduling.admission)
 
     @property
     def model(self) -> str:
@@ -172,7 +169,8 @@ class Placement:
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """A request the scheduler will not serve, for its caller to answer. ``reason``:
-    ``ttft_unattainable``, ``tpot_unattainable``, ``no_ready_backend`` (held through a cold
+    ``ttft_unattainable``, ``ttft_late`` (committed to at arrival, then no longer servable in
+    time), ``tpot_unattainable``, ``no_ready_backend`` (held through a cold
     start past its deadline), ``no_backend`` (no backend is meant to serve the model), or
     ``queue_timeout`` (no slot within the wait it was given)."""
 
@@ -188,3 +186,4 @@ class Plan:
     rejections: list[Rejection] = field(default_factory=list)
     credits: dict[int, float] = field(default_factory=dict)
     activations: dict[str, Activation] = field(default_factory=dict)  # instance -> its state
+    committed: list[int] = field(default_factory=list)  # tickets newly committed to

@@ -1,0 +1,116 @@
+"""Admission as a commitment: the TTFT guard decides at arrival, and keeps its word.
+
+At the deadline (``guards.ttft_rejections``) the guard walks the whole queue in LDF order on
+every pass and refuses whoever no longer fits, so a request that looked servable at arrival
+is refused later, when tighter requests arrive and overtake it. Here a request is committed
+to when it arrives if the schedule of every request already committed to, plus it, stays
+feasible: walking them in LDF order over the backends' predicted prefill and decode-slot
+times, it fits its own budget with the margin, and no committed request it would overtake
+loses more than its slack beyond the margin (one with less slack than the margin may not be
+made later at all). Otherwise it is refused at once, and its predicted time is set so that
+``Retry-After`` says by how much it, or the request it would push out, overran.
+
+The arrival test is cautious where the deadline walk is not: a reply in flight that has
+outlived its predicted length is counted as going on for ``overrun`` again of what it has
+produced, instead of ending now (reply lengths are heavy-tailed), so that the slots it holds
+are not promised to newcomers too early.
+
+A committed request is refused later only when the committed schedule alone no longer lets
+it meet its deadline with the margin (expected lengths, as at the deadline): a backend
+failed, or a prediction was badly wrong. Those refusals have their own reason,
+``ttft_late``, to be counted apart.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from gateway.scheduling.guards import (
+    BackendLoad,
+    ldf_key,
+    serving_for,
+    slot_free_times,
+    ttft_walk,
+)
+from gateway.scheduling.snapshot import WaitingView
+
+
+@dataclass(slots=True)
+class Decisions:
+    """What one pass of admission decided: tickets newly committed to, newcomers refused
+    and committed requests refused late (each ticket -> predicted time to first token)."""
+
+    committed: list[int] = field(default_factory=list)
+    refused: dict[int, float] = field(default_factory=dict)
+    late: dict[int, float] = field(default_factory=dict)
+
+
+def _all(_w: WaitingView, _ttft: float) -> bool:
+    return True
+
+
+def commitments(
+    ordered: Sequence[WaitingView],
+    loads: dict[str, BackendLoad],
+    *,
+    now: float,
+    margin_s: float,
+    epsilon: float,
+    admit_margin: float,
+    vbs: bool,
+    overrun: float,
+) -> Decisions:
+    """Find the committed requests of ``ordered`` (the queue in LDF order) that can no
+    longer be served in time, then decide its newcomers, in arrival order."""
+    decisions = Decisions()
+    pending = {name: load.pending_prefill for name, load in loads.items()}
+    for model in {w.model for w in ordered}:
+        queue = [w for w in ordered if w.model == model]
+        serving = serving_for(
+            model, queue, loads, epsilon=epsilon, admit_margin=admit_margin, vbs=vbs
+        )
+        if serving is None:
+            continue  # nothing to predict with: newcomers wait uncommitted (cold start)
+
+        def fits(w: WaitingView, ttft: float) -> bool:
+            return not w.rejectable or w.deadline - now >= ttft + margin_s
+
+        held = [w for w in queue if w.committed or not w.rejectable]
+        expected = ttft_walk(held, serving, dict(pending), fits)
+        for w in held:
+            ttft = expected.get(w.ticket)
+            if ttft is not None and not fits(w, ttft):
+                decisions.late[w.ticket] = ttft
+        schedule = [w for w in held if w.ticket not in decisions.late]
+        cautious = replace(serving, free=slot_free_times(serving.loads, overrun=overrun))
+        after = dict(pending)  # the prefill work pending once the schedule's is added
+        base = ttft_walk(schedule, cautious, after, _all)
+        keys = [ldf_key(w) for w in schedule]
+        newcomers = sorted(
+            (w for w in queue if not w.committed and w.rejectable), key=lambda w: w.arrival
+        )
+        for new in newcomers:
+            key = ldf_key(new)
+            at = bisect_left(keys, key)
+            trial = [*schedule[:at], new, *schedule[at:]]
+            trial_after = dict(pending)
+            walked = ttft_walk(trial, cautious, trial_after, _all)
+            if new.ticket not in walked:
+                continue  # no backend it may use: it waits, uncommitted
+            over = walked[new.ticket] + margin_s - (new.deadline - now)
+            for behind in trial[at + 1 :]:
+                if not behind.rejectable or behind.ticket not in base:
+                    continue
+                budget = behind.deadline - now
+                kept = min(margin_s, max(0.0, budget - base[behind.ticket]))
+                over = max(over, walked[behind.ticket] + kept - budget)
+            if over > 0:
+                decisions.refused[new.ticket] = new.deadline - now + over
+                continue
+            schedule, base, after = trial, walked, trial_after
+            keys.insert(at, key)
+            decisions.committed.append(new.ticket)
+        pending = after  # another model's walk counts this one's prefill on shared backends
+    return decisions
