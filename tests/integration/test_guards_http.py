@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import aiohttp
+import pytest
 
 from bench.sim.profiles import get_profile
 from tests.conftest import FAST, MODEL, GatewayFactory, SimFactory, eventually
@@ -65,23 +66,31 @@ async def test_unattainable_tpot_is_refused(
     assert "per token" in body["error"]["message"]
 
 
+@pytest.mark.parametrize("admission", ["deadline", "arrival"])
 async def test_waiting_requests_are_refused_when_their_budget_runs_out(
-    make_sim: SimFactory, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+    make_sim: SimFactory,
+    make_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    admission: str,
 ) -> None:
     sim = await make_sim(get_profile("llama8b-h100"))
     gateway = await make_gateway(
         [sim],
         slo_classes=CLASSES,
         backends=[{"name": "b0", "url": sim.url, "max_in_flight": 1}],
+        scheduler={"admission": admission},
     )
     long = asyncio.create_task(
         _post(http, gateway.url, {"x-slo-class": "batch"}, {**BODY, "max_tokens": 400})
     )
     await eventually(lambda: _true(bool(sim.server.engine.running)))
+    # The next waits for the one slot, and fits its 5 s budget: it is served after the first.
+    after = asyncio.create_task(_post(http, gateway.url, {"x-slo-class": "batch"}))
     status, _, headers = await _post(http, gateway.url, {"x-slo-class": "interactive"})
     assert status == 429
     assert headers["x-sluice-reject-reason"] == "ttft_unattainable"
     assert (await long)[0] == 200
+    assert (await after)[0] == 200
 
 
 async def test_priority_is_set_for_priority_scheduling_backends(

@@ -72,9 +72,12 @@ def wait(
     rejectable: bool = True,
     rank: int = 0,
     leave_slots: int = 0,
+    committed: bool = False,
 ) -> WaitingView:
     demand = Demand(model, arrival, deadline, tpot, prompt, predicted, reserve, rejectable)
-    return WaitingView(ticket, demand, frozenset(), credit, rank, leave_slots=leave_slots)
+    return WaitingView(
+        ticket, demand, frozenset(), credit, rank, leave_slots=leave_slots, committed=committed
+    )
 
 
 def test_ldf_orders_by_deadline_then_arrival() -> None:

