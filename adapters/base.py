@@ -97,3 +97,9 @@ class EngineAdapter(Protocol):
     async def probe(self, timeout_s: float) -> ProbeResult:
         """Health, served models and load, in one round of calls."""
         ...
+
+    async def tokenize(self, model: str, text: str, timeout_s: float) -> int:
+        """How many tokens ``model``'s tokenizer makes of ``text`` (no special tokens);
+        raises BackendUnreachable, BackendTimeout, or ValueError for an answer without a
+        count."""
+        ...

@@ -196,6 +196,28 @@ class VllmAdapter:
             load=load,
         )
 
+    async def tokenize(self, model: str, text: str, timeout_s: float) -> int:
+        body = {"model": model, "prompt": text, "add_special_tokens": False}
+        try:
+            async with self._session.post(
+                self._base_url + "/tokenize",
+                json=body,
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as response:
+                answer = await response.json(content_type=None)
+                status = response.status
+        except TimeoutError as exc:
+            raise BackendTimeout(f"/tokenize: no answer within {timeout_s:g}s") from exc
+        except _UNREACHABLE as exc:
+            raise BackendUnreachable(f"/tokenize: {exc}") from exc
+        except (aiohttp.ClientError, json.JSONDecodeError) as exc:
+            raise ValueError(f"/tokenize: {type(exc).__name__}: {exc}") from exc
+        count = answer.get("count") if isinstance(answer, dict) else None
+        if status != 200 or not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ValueError(f"/tokenize answered {status} without a count")
+        return count
+
     async def _scrape(self, client_timeout: aiohttp.ClientTimeout) -> EngineLoad | None:
         async with self._session.get(
             self._base_url + "/metrics", timeout=client_timeout, headers=self._headers

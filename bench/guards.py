@@ -38,7 +38,7 @@ from typing import Any
 from bench.data import load_sharegpt
 from bench.procs import gateway, sim_fleet
 from bench.publish import REPORTS, publish
-from bench.sim.profiles import get_profile
+from bench.sim.profiles import Profile, get_profile
 from bench.sim.virtual import Arrival, simulate
 from bench.stats import percentile
 from bench.virtual_gateway import run_virtual
@@ -82,9 +82,11 @@ LABELS = {
 FAST_REJECT_MS = 50.0  # a refusal "at arrival": answered within this of the request's arrival
 
 
-def capacity_per_backend(samples: list[Any], max_tokens: int) -> float:
+def capacity_per_backend(
+    samples: list[Any], max_tokens: int, profile_name: str = "llama8b-h100"
+) -> float:
     """Requests/s one server completes when saturated by this mix (engine model, virtual time)."""
-    profile = get_profile("llama8b-h100")
+    profile = get_profile(profile_name)
     arrivals = [
         Arrival(i / 200.0, s.prompt_tokens, min(s.output_tokens, max_tokens))
         for i, s in enumerate(samples[:6000])
@@ -231,23 +233,108 @@ def run_config(
     *,
     backends: int,
     instances: dict[str, tuple[str, int]] | None = None,
+    profile: str = "llama8b-h100",
+    slo_scale: float = 1.0,
 ) -> dict[str, Any]:
     """One configuration (``scheduler`` settings and ``max_in_flight``) in virtual time on
-    servers of the 8B-H100 profile, summarized, with the wall time it took."""
+    servers of ``profile`` (the latency models starting from its own figures), SCORPIO's
+    classes times ``slo_scale``, summarized, with the wall time it took."""
     started = time.monotonic()
+    engine = get_profile(profile)
     outcome = run_virtual(
         items,
-        profile=get_profile("llama8b-h100"),
+        profile=engine,
         backends=backends,
         scheduler=SchedulerConfig.model_validate(spec["scheduler"]),
         max_in_flight=spec["max_in_flight"],
-        prior=LatencyPrior(),
+        prior=LatencyPrior() if profile == "llama8b-h100" else prior_for(engine),
         lengths=lengths,
         instances=instances,
+        slo_scale=slo_scale,
     )
-    summary = summarize(outcome, 1.0, span)
+    classes = {k: (t * slo_scale, p * slo_scale) for k, (t, p) in SCORPIO_CLASSES.items()}
+    summary = summarize(outcome, 1.0, span, classes)
     summary["wall_s"] = round(time.monotonic() - started, 1)
     return summary
+
+
+def prior_for(profile: Profile) -> LatencyPrior:
+    """The latency prior that matches an engine profile's step model: prefill beta0 +
+    beta1 * tokens, ITL beta0 + beta2 * B + beta3 * B * L (microseconds to ms)."""
+    ms = 1 / 1000
+    theta = 512
+    return LatencyPrior(
+        prefill_phi_ms=(profile.beta0_us + profile.beta1_us * theta) * ms,
+        prefill_theta_tokens=theta,
+        prefill_alpha_ms=profile.beta1_us * ms,
+        prefill_beta_ms=profile.beta0_us * ms,
+        itl_a_ms=profile.beta3_us * ms,
+        itl_b_ms=profile.beta2_us * ms,
+        itl_c_ms=0.0,
+        itl_d_ms=profile.beta0_us * ms,
+    )
+
+
+DECODE_PROFILE = "llama70b-h100-tp4"
+DECODE_SLO_SCALE = 2.0  # SCORPIO's classes doubled for a 70B-class model (ALGORITHMS.md §1)
+DECODE_MIN_PROMPT = 800  # long contexts, so that ITL at full batch passes the tight target
+DECODE_CONFIGS = ("iv_full", "v_full_no_credits", "vi_arrival")
+
+
+def run_decode_bound(args: argparse.Namespace) -> dict[str, Any]:
+    """(iv) against (v), and (vi), where decode speed binds: the 70B/TP4 profile, classes
+    doubled, long prompts."""
+    samples = [s for s in load_sharegpt() if DECODE_MIN_PROMPT <= s.prompt_tokens < 6000]
+    engine = get_profile(DECODE_PROFILE)
+    per_backend = capacity_per_backend(samples, args.max_tokens, DECODE_PROFILE)
+    capacity = per_backend * BACKENDS
+    lengths = artifact.load().model
+    mean_context = sum(s.prompt_tokens + min(s.output_tokens, args.max_tokens) / 2 for s in samples)
+    mean_context /= len(samples)
+    full = engine.max_num_seqs
+    itl_full_ms = 1000 * engine.step_seconds(0, full, round(full * mean_context))
+    tight_ms = DECODE_SLO_SCALE * min(p for _, p in SCORPIO_CLASSES.values())
+    print(
+        f"decode-bound: {DECODE_PROFILE}, capacity {capacity:.1f} req/s, ITL at {full} "
+        f"sequences {itl_full_ms:.1f} ms against the tight {tight_ms:g} ms",
+        flush=True,
+    )
+    results: dict[str, dict[str, Any]] = {}
+    gaps = azure_gaps()
+    for load in args.decode_loads:
+        items = scorpio_load(
+            samples,
+            gaps,
+            args.decode_requests,
+            load * capacity,
+            load=load,
+            max_tokens=args.max_tokens,
+        )
+        span = items[-1].at
+        for name in DECODE_CONFIGS:
+            summary = run_config(
+                items,
+                CONFIGS[name],
+                span,
+                lengths,
+                backends=BACKENDS,
+                profile=DECODE_PROFILE,
+                slo_scale=DECODE_SLO_SCALE,
+            )
+            results.setdefault(f"{load:g}", {})[name] = summary
+            progress(f"decode-bound {load:g}x", name, summary)
+    return {
+        "profile": DECODE_PROFILE,
+        "slo_scale": DECODE_SLO_SCALE,
+        "min_prompt_tokens": DECODE_MIN_PROMPT,
+        "requests_per_run": args.decode_requests,
+        "capacity_rps": capacity,
+        "mean_context_tokens": mean_context,
+        "itl_at_full_batch_ms": itl_full_ms,
+        "full_batch": full,
+        "tight_tpot_ms": tight_ms,
+        "results": results,
+    }
 
 
 def run_virtual_ablation(args: argparse.Namespace) -> dict[str, Any]:
@@ -389,7 +476,57 @@ def markdown(data: dict[str, Any]) -> str:
         "longer meet its deadline. The other configurations refuse at the deadline: every "
         "pass re-decides the whole queue.",
     ]
-    return "\n".join(lines) + "\n\n" + targets(data)
+    return "\n".join(lines) + "\n\n" + decode_section(data) + targets(data)
+
+
+def decode_section(data: dict[str, Any]) -> str:
+    """Where decode speed binds: (iv) against (v) and (vi), with what the run shows of it."""
+    block = data.get("decode_bound")
+    if block is None:
+        return ""
+    binds = block["itl_at_full_batch_ms"] > block["tight_tpot_ms"]
+    lines = [
+        "## Where decode speed binds",
+        "",
+        f"{BACKENDS} simulated servers of the {block['profile']} profile, SCORPIO's classes "
+        f"times {block['slo_scale']:g}, ShareGPT prompts of at least "
+        f"{block['min_prompt_tokens']} tokens (mean context {block['mean_context_tokens']:.0f} "
+        f"tokens), {block['requests_per_run']} requests per run, fleet capacity "
+        f"{block['capacity_rps']:.1f} req/s. The engine's ITL at {block['full_batch']} "
+        f"sequences of that context is {block['itl_at_full_batch_ms']:.1f} ms against the "
+        f"tightest TPOT target of {block['tight_tpot_ms']:g} ms: decode speed "
+        f"{'binds' if binds else 'does not bind'} here.",
+        "",
+        "| load | config | goodput req/s | ratio to (iv) | attain. offered | attain. admitted "
+        "| p99 TTFT ms | p99 TPOT ms | rejected | rejected for TPOT |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    effects = []
+    for load, runs in block["results"].items():
+        base = runs.get("iv_full", {}).get("goodput_rps")
+        for name, row in runs.items():
+            ratio = row["goodput_rps"] / base if base else None
+            tpot = row["reject_reasons"].get("tpot_unattainable", 0)
+            lines.append(
+                f"| {load}x | {LABELS[name]} | {result_cells(row, ratio)} | "
+                f"{row['rejection_rate']:.2f} | {tpot} |"
+            )
+        without = runs.get("v_full_no_credits", {}).get("goodput_rps")
+        if base and without:
+            effects.append((load, base / without))
+    if effects:
+        words = ", ".join(f"{ratio:.3f}x at {load}x" for load, ratio in effects)
+        small = all(abs(ratio - 1) < 0.01 for _, ratio in effects)
+        lines += [
+            "",
+            f"Credits: goodput of (iv) over (v) is {words}; "
+            + (
+                "within 1% at every load: credits change nothing measurable here."
+                if small
+                else "credits change goodput by more than 1% at some load."
+            ),
+        ]
+    return "\n".join(lines) + "\n\n"
 
 
 def _verdict(ok: bool) -> str:
@@ -490,13 +627,30 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--out", type=Path, default=REPORTS)
     parser.add_argument(
+        "--part",
+        choices=["all", "ablation", "decode"],
+        default="all",
+        help="virtual mode: the ablation, the decode-bound scenario (kept beside the saved "
+        "ablation in guards.json), or both",
+    )
+    parser.add_argument("--decode-loads", type=float, nargs="+", default=[1.0, 1.5, 2.0])
+    parser.add_argument("--decode-requests", type=int, default=4000)
+    parser.add_argument(
         "--report-only", action="store_true", help="rewrite the report from the saved guards.json"
     )
     args = parser.parse_args()
+    saved = args.out / "guards.json"
     if args.report_only:
-        data = json.loads((args.out / "guards.json").read_text())
+        data = json.loads(saved.read_text())
+    elif args.http:
+        data = asyncio.run(run(args))
+    elif args.part == "decode":
+        data = json.loads(saved.read_text())
+        data["decode_bound"] = run_decode_bound(args)
     else:
-        data = asyncio.run(run(args)) if args.http else run_virtual_ablation(args)
+        data = run_virtual_ablation(args)
+        if args.part == "all":
+            data["decode_bound"] = run_decode_bound(args)
     publish(args.out, "guards", data, markdown(data), plot)
     return 0
 

@@ -93,7 +93,7 @@ class SchedulerConfig(_Frozen):
     admission: Literal["deadline", "arrival"] = "deadline"
     # At arrival, a reply in flight past its predicted length counts as going on for this
     # share again of what it has produced (0: as ending now).
-    overrun_share: float = Field(default=0.25, ge=0, le=10)
+    overrun_share: float = Field(default=0.3, ge=0, le=10)
     tick_ms: float = Field(default=10.0, gt=0)
     output_quantile: Literal["p50", "p90", "p95"] = Field(
         default="p90", description="Predicted output used for the KV reservation."

@@ -6,12 +6,14 @@ virtual-time benchmark, so that the benchmark measures what the server does.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway.scheduling.snapshot import Demand
 from gateway.slo import SloTarget
+from gateway.tokens import DEFAULT_CHARS_PER_TOKEN
 from predictor.features import PromptInfo, approx_tokens, info_from_request
 from predictor.model import LengthModel
 
@@ -23,13 +25,7 @@ class Estimate:
     output_tokens: int  # predicted reply length, capped by max_tokens
     output_reserve: int  # the conservative quantile, reserved in the KV cache
     known_length: bool = False  # the request fixes its own length: no prediction was needed
-
-    @property
-    def min_prompt_tokens(self) -> int:
-        """A low count of the prompt's tokens: the estimate reads 4 characters a token, and
-        hardly any text a tokenizer sees packs more than 8 into one. What is refused as too
-        long for the context on this count is too long for certain."""
-        return self.prompt_tokens // 2
+    min_prompt_tokens: int = 0  # a low count: see ``estimate``
 
 
 def _count(value: Any) -> int | None:
@@ -51,11 +47,20 @@ def length_bounds(body: Mapping[str, Any]) -> tuple[int, int | None]:
 
 
 def estimate(
-    body: Mapping[str, Any], lengths: LengthModel, quantile: Literal["p50", "p90", "p95"]
+    body: Mapping[str, Any],
+    lengths: LengthModel,
+    quantile: Literal["p50", "p90", "p95"],
+    chars_per_token: float = DEFAULT_CHARS_PER_TOKEN,
 ) -> Estimate:
     """The prompt's size and the reply's predicted length (and its conservative quantile);
-    a length the request fixes itself replaces the prediction, and ``min_tokens`` floors it."""
+    a length the request fixes itself replaces the prediction, and ``min_tokens`` floors it.
+
+    The prompt is counted at ``chars_per_token`` (the model's calibrated ratio, by default 4
+    characters a token); its low count at 8 characters a token, which hardly any text a
+    tokenizer sees packs into one: what is refused as too long for the context on that count
+    is too long for certain."""
     prompt = info_from_request(body)
+    cl100k = approx_tokens(prompt.prompt) + prompt.history_tokens  # at 4 characters a token
     floor, fixed = length_bounds(body)
     if fixed is not None:
         output = reserve = fixed
@@ -65,10 +70,11 @@ def estimate(
         reserve = max(floor, getattr(prediction, quantile))
     return Estimate(
         prompt=prompt,
-        prompt_tokens=approx_tokens(prompt.prompt) + prompt.history_tokens,
+        prompt_tokens=math.ceil(cl100k * DEFAULT_CHARS_PER_TOKEN / chars_per_token),
         output_tokens=output,
         output_reserve=reserve,
         known_length=fixed is not None,
+        min_prompt_tokens=cl100k // 2,
     )
 
 

@@ -35,6 +35,7 @@ from gateway.state.memory import MemoryStore
 from gateway.state.redis_store import RedisStore
 from gateway.state.sharing import LoadSharing
 from gateway.state.store import StaleVersion, Store, StoreUnavailable
+from gateway.tokens import TokenScales
 from predictor import artifact
 from predictor.model import LengthModel
 from predictor.online import SampleLog
@@ -56,6 +57,7 @@ class Services:
     learning: SharedLearning | None = None  # with replicas: samples and models shared
     scaler: Scaler | None = None
     limiter: TenantLimiter = field(default_factory=lambda: TenantLimiter(None))
+    tokens: TokenScales = field(default_factory=TokenScales)
 
 
 log = logging.getLogger(__name__)
@@ -213,6 +215,12 @@ class Runtime:
                 background("scaling", lambda: scaler.run(lambda: self.config, s.scale_interval_s))
             ),
             asyncio.create_task(background("rate limits", limiter.run)),
+            asyncio.create_task(
+                background(
+                    "token scales",
+                    lambda: self.services.tokens.run(fleet, s.probe_interval_s),
+                )
+            ),
         ]
         learning = self._services.learning
         if learning is not None:

@@ -45,6 +45,7 @@ from bench.real.engines import MODEL, EngineSpec, vllm_fleet, vllm_python
 from bench.stats import percentile
 from bench.workload import SCORPIO_CLASSES, Planned, Result, run_open_loop, send
 from gateway.config import LatencyPrior
+from gateway.tokens import calibration_text
 
 SPEC = EngineSpec(
     max_model_len=1024,
@@ -66,9 +67,16 @@ LABELS = {
 TARGET_LOADS = ("1.5", "2")
 
 
+async def count(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> int | None:
+    async with http.post(url + "/tokenize", json={"model": MODEL, **body}) as response:
+        if response.status != 200:
+            return None
+        return int((await response.json())["count"])
+
+
 async def fitting_samples(url: str, seed: int = 0) -> tuple[list[PromptSample], list[int]]:
     """ShareGPT prompts whose chat request, by the engine's own tokenizer (``/tokenize``),
-    leaves room in its context for the longest reply asked; and their token counts."""
+    leaves room in its context for the longest reply asked; and each one's text's count."""
     rng = random.Random(seed)
     pool = [s for s in load_sharegpt() if len(s.prompt) <= MAX_PROMPT_CHARS]
     candidates = rng.sample(pool, min(CANDIDATES, len(pool)))
@@ -77,33 +85,47 @@ async def fitting_samples(url: str, seed: int = 0) -> tuple[list[PromptSample], 
     limit = SPEC.max_model_len - MAX_TOKENS
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
         for sample in candidates:
-            body = {"model": MODEL, "messages": [{"role": "user", "content": sample.prompt}]}
-            async with http.post(url + "/tokenize", json=body) as response:
-                if response.status != 200:
-                    continue
-                count = int((await response.json())["count"])
-            if count <= limit:
+            chat = {"messages": [{"role": "user", "content": sample.prompt}]}
+            in_chat = await count(http, url, chat)
+            text = {"prompt": sample.prompt, "add_special_tokens": False}
+            alone = await count(http, url, text)
+            if in_chat is not None and alone is not None and in_chat <= limit:
                 kept.append(sample)
-                counts.append(count)
+                counts.append(alone)
     return kept, counts
 
 
-def estimate_error(pool: list[PromptSample], counts: list[int]) -> dict[str, Any]:
-    """How far the gateway's tokenizer-free estimate (characters / 4) is from the engine's
-    tokenizer on these prompts, and from cl100k (the dataset's own counts)."""
+async def calibrated_ratio(url: str) -> float:
+    """Characters per token of the gateway's calibration text, as the gateway finds it."""
+    text = calibration_text()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        tokens = await count(http, url, {"prompt": text, "add_special_tokens": False})
+    if not tokens:
+        raise RuntimeError("the engine did not count the calibration text")
+    return len(text) / tokens
 
-    def errors(truth: list[int]) -> dict[str, float | None]:
-        rel = [abs(len(s.prompt) / 4 - t) / t for s, t in zip(pool, truth, strict=True) if t]
+
+def estimate_error(pool: list[PromptSample], counts: list[int], ratio: float) -> dict[str, Any]:
+    """How far the gateway's tokenizer-free estimates are from the true counts of these
+    prompts: characters / 4 against the engine's tokenizer and against cl100k (the
+    dataset's own counts), and characters / the calibrated ratio against the engine's."""
+
+    def errors(truth: list[int], per_token: float) -> dict[str, float | None]:
+        pairs = [(len(s.prompt) / per_token, t) for s, t in zip(pool, truth, strict=True) if t]
+        rel = [abs(guess - t) / t for guess, t in pairs]
         return {
+            "chars_per_token_assumed": per_token,
             "median_abs_rel_error": percentile(rel, 50),
             "p90_abs_rel_error": percentile(rel, 90),
-            "chars_per_token": sum(len(s.prompt) for s in pool) / max(1, sum(truth)),
+            "total_ratio": sum(guess for guess, _ in pairs) / max(1, sum(t for _, t in pairs)),
         }
 
     return {
         "prompts": len(pool),
-        "engine_tokenizer": errors(counts),
-        "cl100k": errors([s.prompt_tokens for s in pool]),
+        "true_chars_per_token": sum(len(s.prompt) for s in pool) / max(1, sum(counts)),
+        "chars4_vs_engine": errors(counts, 4.0),
+        "chars4_vs_cl100k": errors([s.prompt_tokens for s in pool], 4.0),
+        "calibrated_vs_engine": errors(counts, ratio),
     }
 
 
@@ -257,7 +279,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     cpus = [i % args.cores for i in range(args.servers)]
     with tempfile.TemporaryDirectory() as work, vllm_fleet(Path(work), SPEC, cpus) as urls:
         pool, counts = await fitting_samples(urls[0])
-        tokens = estimate_error(pool, counts)
+        tokens = estimate_error(pool, counts, await calibrated_ratio(urls[0]))
         engine = await unloaded(urls[0], pool)
         classes, k_ttft, k_tpot = scaled_classes(engine)
         fleet_rps = await capacity(urls, pool, args.capacity_s)
@@ -434,6 +456,33 @@ def markdown(data: dict[str, Any]) -> str:
                 f"{_fmt(row['time_to_reject_p90_ms'], '.0f')} / "
                 f"{_fmt(row['time_to_reject_p99_ms'], '.0f')} | {row['late_rejections']} | "
                 f"{_fmt(row['ttft_p99_ms'], '.0f')} | {_fmt(row['tpot_p99_ms'], '.1f')} |"
+            )
+    estimate = data.get("prompt_estimate")
+    if estimate is not None:
+        lines += [
+            "",
+            "## Prompt token estimates",
+            "",
+            f"On the {estimate['prompts']} prompts used (their text alone; this engine's "
+            f"tokenizer makes {estimate['true_chars_per_token']:.2f} characters a token of "
+            "them): the error of each tokenizer-free estimate against the true count.",
+            "",
+            "| estimate | against | median abs. error | p90 abs. error | total, estimate / true |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for key, (what, against) in {
+            "chars4_vs_cl100k": ("characters / 4", "cl100k (the dataset's counts)"),
+            "chars4_vs_engine": ("characters / 4", "this engine's tokenizer"),
+            "calibrated_vs_engine": (
+                "characters / the calibrated ratio "
+                f"({estimate['calibrated_vs_engine']['chars_per_token_assumed']:.2f})",
+                "this engine's tokenizer",
+            ),
+        }.items():
+            row = estimate[key]
+            lines.append(
+                f"| {what} | {against} | {100 * (row['median_abs_rel_error'] or 0):.1f}% | "
+                f"{100 * (row['p90_abs_rel_error'] or 0):.1f}% | {row['total_ratio']:.3f} |"
             )
     lines += [
         "",

@@ -178,10 +178,26 @@ class SimServer:
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
 
+    def _unknown_model(self, body: dict[str, Any]) -> web.Response | None:
+        """vLLM's 404 for a model it does not serve (nor any adapter of it)."""
+        if body.get("model") == self.model or body.get("model") in self.adapters:
+            return None
+        aliases = ", ".join([self.model, *self.adapters])
+        return vllm_error(
+            f"The model `{body.get('model')}` does not exist. Valid aliases: {aliases}.",
+            "NotFoundError",
+            404,
+            "model",
+        )
+
     async def _tokenize(self, request: web.Request) -> web.Response:
         body = await _json_object(request)
         if body is None:
             return vllm_error("invalid JSON body", "BadRequestError", 400)
+        if "model" in body:  # vLLM counts with the served model's tokenizer when none is named
+            unknown = self._unknown_model(body)
+            if unknown is not None:
+                return unknown
         text, _ = prompt_texts(body, "messages" in body)
         count = count_tokens(text)
         return web.json_response(
@@ -311,14 +327,9 @@ class SimServer:
             return vllm_error("1 validation error: JSON decode error", "Bad Request", 400, "body")
         self.received.append(body)
         self.received_headers.append(dict(request.headers))
-        if body.get("model") != self.model and body.get("model") not in self.adapters:
-            aliases = ", ".join([self.model, *self.adapters])
-            return vllm_error(
-                f"The model `{body.get('model')}` does not exist. Valid aliases: {aliases}.",
-                "NotFoundError",
-                404,
-                "model",
-            )
+        unknown = self._unknown_model(body)
+        if unknown is not None:
+            return unknown
         try:
             parsed = self._parse(body, chat)
         except BadRequest as exc:

@@ -113,7 +113,12 @@ def _generation(endpoint: str, *, chat: bool) -> Any:
             if granted is not None
             else resolve_slo(request.headers, model, config)
         )
-        expected = estimate(body, services.lengths, config.scheduler.output_quantile)
+        expected = estimate(
+            body,
+            services.lengths,
+            config.scheduler.output_quantile,
+            services.tokens.chars_per_token(model),
+        )
         check_context(services.fleet, model, expected, generation.max_tokens)
         record = RequestRecord(
             id=request_id(request),

@@ -78,5 +78,8 @@ async def stats(request: web.Request) -> web.Response:
             "config_version": services.config_version,
             "queues": dict(services.scheduler.queue_depths()),
             "backends": backend_stats(request),
+            "tokenizers": {
+                model: asdict(scale) for model, scale in services.tokens.scales().items()
+            },
         }
     )

@@ -7,7 +7,9 @@ strings them together into one scheduling pass.
 from __future__ import annotations
 
 import enum
+import itertools
 import math
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -59,8 +61,9 @@ class BackendLoad:
     min_tpot: float
     kv_reserved: int
     pending_prefill: int
-    # per request: prompt tokens to prefill, predicted reply length, tokens so far, started
-    remaining: list[tuple[int, int, int, bool]] = field(default_factory=list)
+    # per request: prompt tokens to prefill, predicted reply length, tokens so far, started,
+    # KV reserved
+    remaining: list[tuple[int, int, int, bool, int]] = field(default_factory=list)
 
     @classmethod
     def of(cls, view: BackendView) -> BackendLoad:
@@ -73,7 +76,8 @@ class BackendLoad:
             kv_reserved=sum(r.reserved_kv for r in requests) + peers.kv_tokens,
             pending_prefill=sum(r.prefill_tokens for r in requests if not r.started),
             remaining=[
-                (r.prefill_tokens, r.predicted_tokens, r.tokens, r.started) for r in requests
+                (r.prefill_tokens, r.predicted_tokens, r.tokens, r.started, r.reserved_kv)
+                for r in requests
             ],
         )
 
@@ -90,7 +94,9 @@ class BackendLoad:
         self.min_tpot = min(self.min_tpot, w.tpot_s)
         self.kv_reserved += w.kv_need_on(name)
         self.pending_prefill += w.prefill_on(name)
-        self.remaining.append((w.prefill_on(name), w.predicted_tokens, 0, False))
+        self.remaining.append(
+            (w.prefill_on(name), w.predicted_tokens, 0, False, w.kv_need_on(name))
+        )
         self.view = replace(self.view, dispatched=self.view.dispatched + 1)
 
 
@@ -152,8 +158,11 @@ def prefix_share(load: BackendLoad, w: WaitingView) -> float:
     return w.cached.get(load.view.name, 0) / w.prompt_tokens
 
 
-def decode_headroom(load: BackendLoad, tpot_limit: float, *, epsilon: float, margin: float) -> int:
-    """How many more requests the backend could take now before VBS admission refuses."""
+def decode_headroom(
+    load: BackendLoad, tpot_limit: float, *, epsilon: float, margin: float, kv: bool = True
+) -> int:
+    """How many more requests the backend could take now before VBS admission refuses (with
+    ``kv`` off, leaving out the KV fit, at the in-flight requests' mean size)."""
     view = load.view
     room = view.max_in_flight - load.count
     if view.itl is not None:
@@ -161,20 +170,28 @@ def decode_headroom(load: BackendLoad, tpot_limit: float, *, epsilon: float, mar
         batch = view.itl.max_batch(load.mean_context(), limit)
         if math.isfinite(batch):
             room = min(room, math.floor(batch) - load.count)
-    if view.kv_capacity is not None and load.count:
+    if kv and view.kv_capacity is not None and load.count:
         per_request = load.kv_reserved / load.count
         room = min(room, math.floor((view.kv_capacity - load.kv_reserved) / max(per_request, 1)))
     return max(0, room)
 
 
 def total_headroom(
-    loads: Iterable[BackendLoad], tpot_limit: float, *, vbs: bool, epsilon: float, margin: float
+    loads: Iterable[BackendLoad],
+    tpot_limit: float,
+    *,
+    vbs: bool,
+    epsilon: float,
+    margin: float,
+    kv: bool = True,
 ) -> int:
     """How many more requests ``loads`` could take now between them: VBS admission's room
-    at ``tpot_limit``, or with ``vbs`` off the in-flight bounds'."""
+    at ``tpot_limit`` (with ``kv``, the KV fit's too), or with ``vbs`` off the in-flight
+    bounds'."""
     if vbs:
         return sum(
-            decode_headroom(load, tpot_limit, epsilon=epsilon, margin=margin) for load in loads
+            decode_headroom(load, tpot_limit, epsilon=epsilon, margin=margin, kv=kv)
+            for load in loads
         )
     return sum(max(0, load.view.max_in_flight - load.count) for load in loads)
 
@@ -188,28 +205,52 @@ def tokens_left(predicted: int, tokens: int, overrun: float | None) -> int:
     return 0 if overrun is None else int(tokens * overrun)
 
 
-def slot_free_times(loads: Iterable[BackendLoad], *, overrun: float | None = None) -> list[float]:
-    """When each in-flight request is predicted to finish, from now, soonest first
-    (``overrun``: see ``tokens_left``)."""
-    times: list[float] = []
+def slot_frees(
+    loads: Iterable[BackendLoad], *, overrun: float | None = None
+) -> list[tuple[float, int]]:
+    """When each in-flight request is predicted to finish, from now, soonest first, and the
+    KV it then gives back (``overrun``: see ``tokens_left``)."""
+    frees: list[tuple[float, int]] = []
     for load in loads:
         view = load.view
         itl = view.itl.predict(max(load.count, 1), load.mean_context()) if view.itl else 0.0
-        for prompt, predicted, tokens, started in load.remaining:
+        for prompt, predicted, tokens, started, kv in load.remaining:
             prefill = 0.0 if started or view.prefill is None else view.prefill.predict(prompt)
-            times.append(prefill + tokens_left(predicted, tokens, overrun) * itl)
-    times.sort()
-    return times
+            frees.append((prefill + tokens_left(predicted, tokens, overrun) * itl, kv))
+    frees.sort()
+    return frees
+
+
+def slot_free_times(loads: Iterable[BackendLoad], *, overrun: float | None = None) -> list[float]:
+    """When each in-flight request is predicted to finish, from now, soonest first."""
+    return [at for at, _ in slot_frees(loads, overrun=overrun)]
 
 
 @dataclass(frozen=True, slots=True)
 class Serving:
     """One model's backends as the TTFT walk sees them: their loads, how many more requests
-    they could take now between them, and when each in-flight request should end."""
+    they could take now between them (by count: VBS and the in-flight bounds), when each
+    in-flight request should end, and, where every one of them knows its KV capacity, the KV
+    free now between them and what the ends give back, summed in the order of ``free``."""
 
     loads: list[BackendLoad]
     headroom: int
     free: list[float]
+    kv_room: int | None = None
+    kv_freed: list[int] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, loads: list[BackendLoad], headroom: int, overrun: float | None) -> Serving:
+        frees = slot_frees(loads, overrun=overrun)
+        capacities = [load.view.kv_capacity for load in loads]
+        if any(c is None for c in capacities):
+            return cls(loads, headroom, [at for at, _ in frees])
+        room = sum(
+            max(0, (capacity or 0) - load.kv_reserved)
+            for capacity, load in zip(capacities, loads, strict=True)
+        )
+        freed = list(itertools.accumulate(kv for _, kv in frees))
+        return cls(loads, headroom, [at for at, _ in frees], room, freed)
 
 
 def serving_for(
@@ -228,8 +269,11 @@ def serving_for(
     if not serving:
         return None
     tightest = min(w.tpot_s for w in queue)
-    headroom = total_headroom(serving, tightest, vbs=vbs, epsilon=epsilon, margin=admit_margin)
-    return Serving(serving, headroom, slot_free_times(serving, overrun=overrun))
+    kv = any(load.view.kv_capacity is None for load in serving)  # else the walk counts KV
+    headroom = total_headroom(
+        serving, tightest, vbs=vbs, epsilon=epsilon, margin=admit_margin, kv=kv
+    )
+    return Serving.of(serving, headroom, overrun)
 
 
 def ttft_walk(
@@ -244,11 +288,13 @@ def ttft_walk(
     after the prefill work ``pending`` there (updated as the walk goes) and that of the
     requests ahead of it. If no slot is free it first waits for the k-th in-flight request to
     finish, k its position among those that must wait (counting the slots it must leave to
-    tenants below its share as taken). ``keep`` says, from its predicted time to first token,
-    whether it stays in the schedule; one that does not adds no work for those behind it.
-    Returns ticket -> predicted time to first token, for every request with a candidate."""
+    tenants below its share as taken); where the KV is counted, also until enough of them
+    have finished to free the KV it needs beyond what is free and not yet taken by those
+    ahead of it. ``keep`` says, from its predicted time to first token, whether it stays in
+    the schedule; one that does not adds no work for those behind it. Returns ticket ->
+    predicted time to first token, for every request with a candidate."""
     predicted: dict[int, float] = {}
-    free, position = serving.free, 0
+    free, position, kv_used = serving.free, 0, 0
     for w in queue:
         best, prefill = None, math.inf
         for load in serving.loads:
@@ -263,11 +309,16 @@ def ttft_walk(
             continue
         room = serving.headroom - w.leave_slots  # the last ``leave_slots`` are kept for others
         beyond = position - room  # how many slots must free before it gets one
+        need = w.kv_need_on(best.view.name)
+        if serving.kv_room is not None and kv_used + need > serving.kv_room:
+            short = kv_used + need - serving.kv_room  # how many ends must free it first
+            beyond = max(beyond, bisect_left(serving.kv_freed, short))
         wait = free[min(beyond, len(free) - 1)] if beyond >= 0 and free else 0.0
         predicted[w.ticket] = ttft = wait + prefill
         if keep(w, ttft):
             pending[best.view.name] += w.prefill_on(best.view.name)
             position += 1
+            kv_used += need
     return predicted
 
 

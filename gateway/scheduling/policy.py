@@ -83,7 +83,7 @@ class SloPolicy:
     urgent_s: float = 0.1
     rolling: bool = False
     commit: bool = False
-    overrun: float = 0.25
+    overrun: float = 0.3
     prefix_weight: float = 0.5
     session_weight: float = 0.2
 

@@ -12,11 +12,14 @@ import time
 import uuid
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
+from adapters.vllm import VllmAdapter
+from gateway.tokens import calibration_text
 from tests.conformance.targets import MAX_NUM_SEQS, MAX_QUEUED, Target
 
 CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell me about queues."}]
@@ -73,6 +76,21 @@ def test_tokenize(target: Target, body: dict[str, Any]) -> None:
     answer = _post(target, "/tokenize", {"model": target.model, **body}).json()
     assert answer["max_model_len"] == target.max_model_len
     assert answer["count"] == len(answer["tokens"]) > 0
+
+
+def test_the_adapter_counts_tokens_as_the_server_does(target: Target) -> None:
+    text = calibration_text()
+
+    async def count(model: str) -> int:
+        async with aiohttp.ClientSession() as session:
+            return await VllmAdapter(session, target.url).tokenize(model, text, 30)
+
+    counted = asyncio.run(count(target.model))
+    body = {"model": target.model, "prompt": text, "add_special_tokens": False}
+    assert counted == _post(target, "/tokenize", body).json()["count"]
+    assert 0 < counted < len(text)
+    with pytest.raises(ValueError, match="without a count"):
+        asyncio.run(count("no-such-model"))
 
 
 def test_chat_non_streaming(target: Target) -> None:

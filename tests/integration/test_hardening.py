@@ -328,7 +328,9 @@ async def test_a_request_no_cache_can_hold_does_not_hold_up_the_queue(
     )
     await eventually(lambda: _true(len(sim.server.received) == 1), what="the first dispatched")
     big = {**COMPLETION, "prompt": "x" * 12_000, "max_tokens": 400}
-    waiting = asyncio.create_task(_raw_post(http, url, json.dumps(big).encode()))
+    # The first's length is known (ignore_eos): a budget long enough to wait for it to end.
+    patient = {"x-slo-ttft-ms": "60000", "x-slo-tpot-ms": "1000"}
+    waiting = asyncio.create_task(_raw_post(http, url, json.dumps(big).encode(), patient))
     await asyncio.sleep(0.05)
     small = await _raw_post(http, url, json.dumps(COMPLETION).encode())
     assert small[0] == 200
