@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test fuzz test-vllm lint typecheck check bench-overhead bench bench-real clean
+.PHONY: venv demo test fuzz test-vllm lint typecheck check bench-overhead bench bench-real reports clean
 
 venv: $(STAMP)
 
@@ -37,6 +37,10 @@ test-vllm: venv
 bench-real: venv
 	bash tests/vllm/install_vllm.sh .vllm-venv
 	SLUICE_VLLM_PYTHON=$(CURDIR)/.vllm-venv/bin/python $(BIN)/python -m bench.real
+
+# Rewrite every committed report from its saved JSON (nothing is measured).
+reports: venv
+	$(BIN)/python -m bench.regenerate > /dev/null
 
 lint: venv
 	$(BIN)/ruff check .

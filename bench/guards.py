@@ -11,6 +11,9 @@ arrivals and prompts:
   (v)   full guards without credits
   (vi)  full guards with admission as a commitment: the TTFT guard decides each request at
         arrival and protects those it admitted (gateway.scheduling.admission)
+A second part, where decode speed binds: the same servers as the 70B/TP4 profile, SCORPIO's
+classes doubled (ALGORITHMS.md §1), ShareGPT prompts of 800 tokens or more, so that the
+engine's ITL at full batch passes the tightest TPOT target; (iv), (v) and (vi) there.
 Two modes, one report:
   * virtual (default for the ablation): the gateway's own scheduler, policies, online latency
     models and length predictor, driven in virtual time against the simulator's engine
