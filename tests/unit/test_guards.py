@@ -308,3 +308,21 @@ def test_a_tenant_above_its_share_leaves_the_last_slots() -> None:
     for running_now, placed in ((25, [1, 2]), (26, [1]), (27, [])):
         crowded = backend(requests=running(running_now, 0.05), cap=64)
         assert [p.ticket for p in policy(heavy, [crowded], 0.0).placements] == placed
+
+
+def test_the_walk_counts_each_requests_kv_not_the_mean() -> None:
+    # A 10,000-token cache holding one request of 8,000 (100 tokens left) and one of 1,000 (50
+    # left), at 12 ms a token (two running); a slot is still free by count.
+    held = (
+        InFlightView(0.05, 100, 0, 100, 8000, True),
+        InFlightView(0.05, 100, 0, 50, 1000, True),
+    )
+    view = backend(requests=held, cap=3, kv=10_000)
+    # A small request fits the 1,000 tokens free: it goes now (prefill 0.1 s).
+    assert _rejections([wait(1, deadline=0.2, reserve=500)], [view]) == {}
+    # One needing 1,500 waits for the 1,000-token request to end (0.6 s), one needing 2,500
+    # for the 8,000-token one too (1.2 s): each then prefills for 0.1 s.
+    assert _rejections([wait(1, deadline=0.5, reserve=1500)], [view]) == {1: pytest.approx(0.7)}
+    assert _rejections([wait(1, deadline=0.5, reserve=2500)], [view]) == {1: pytest.approx(1.3)}
+    # Averaged over the two held (4,500 each), none would fit: the mean is not what counts.
+    assert _rejections([wait(1, deadline=0.2, reserve=900)], [view]) == {}
