@@ -520,15 +520,19 @@ def decode_section(data: dict[str, Any]) -> str:
     if effects:
         words = ", ".join(f"{ratio:.3f}x at {load}x" for load, ratio in effects)
         small = all(abs(ratio - 1) < 0.01 for _, ratio in effects)
-        lines += [
-            "",
-            f"Credits: goodput of (iv) over (v) is {words}; "
-            + (
-                "within 1% at every load: credits change nothing measurable here."
-                if small
-                else "credits change goodput by more than 1% at some load."
-            ),
-        ]
+        worst_load, worst = min(effects, key=lambda e: e[1])
+        best_load, best = max(effects, key=lambda e: e[1])
+        if small:
+            verdict = "within 1% at every load: credits change nothing measurable here."
+        elif worst < 0.99 and best <= 1.01:
+            verdict = (
+                f"credits cost goodput here, most at {worst_load}x ({100 * (1 - worst):.0f}%)."
+            )
+        elif best > 1.01 and worst >= 0.99:
+            verdict = f"credits add goodput here, most at {best_load}x ({100 * (best - 1):.0f}%)."
+        else:
+            verdict = "credits add goodput at some loads and cost it at others."
+        lines += ["", f"Credits: goodput of (iv) over (v) is {words}; {verdict}"]
     return "\n".join(lines) + "\n\n"
 
 

@@ -61,6 +61,7 @@ def run_virtual(
     prefix_caching: bool = False,
     report_cached: bool = True,
     counters: dict[str, int] | None = None,
+    unprotected: frozenset[str] = frozenset(),
 ) -> list[Result]:
     """Serve ``items`` on ``backends`` engines named b0, b1, ...; ``instances`` places them in
     macro instances (backend -> instance, place in its cycle) for rolling activation;
@@ -68,7 +69,8 @@ def run_virtual(
     cache prefixes as vLLM does and the gateway's prefix index (when the scheduler config is
     prefix-aware) follows them, corrected from each reply's cached tokens when
     ``report_cached``; without it neither caches (the earlier benchmarks' engine).
-    ``counters``, when given, gets the engines' prefix-cache counters summed."""
+    ``counters``, when given, gets the engines' prefix-cache counters summed; classes in
+    ``unprotected`` may be overtaken once admitted (``SloClass.protected``)."""
     now = [0.0]
 
     def clock() -> float:
@@ -187,7 +189,12 @@ def run_virtual(
             "max_tokens": item.max_tokens,
             "messages": [{"role": "user", "content": item.sample.prompt}],
         }
-        slo = SloTarget(item.slo_class, ttft_ms * slo_scale, tpot_ms * slo_scale)
+        slo = SloTarget(
+            item.slo_class,
+            ttft_ms * slo_scale,
+            tpot_ms * slo_scale,
+            protected=item.slo_class not in unprotected,
+        )
         expected = estimate(body, lengths, scheduler.output_quantile)
         prefix = chunk_hashes(prompt_text(body)) if queue.prefix is not None else ()
         wanted = demand(MODEL, now[0], slo, expected, item.tenant, prefix)

@@ -25,11 +25,15 @@ class SloClass(_Frozen):
     """A named latency objective: time to first token and time per output token.
 
     ``on_unattainable``: ``reject`` answers 429 at once when the TTFT target cannot be met;
-    ``best_effort`` serves the request anyway, without a guarantee."""
+    ``best_effort`` serves the request anyway, without a guarantee. ``protected`` (with
+    ``scheduler.admission: arrival``): once admitted, a request of this class keeps its place
+    against tighter requests that arrive later; unprotected, they may overtake it, and it is
+    refused later if it then cannot be served in time, as at the deadline."""
 
     ttft_ms: float = Field(gt=0, le=3_600_000)
     tpot_ms: float = Field(gt=0, le=600_000)
     on_unattainable: Literal["reject", "best_effort"] = "reject"
+    protected: bool = True
 
 
 class LatencyPrior(_Frozen):

@@ -99,4 +99,5 @@ def demand(
         tenant=tenant,
         prefix=prefix,
         session=session,
+        protected=slo.protected,
     )

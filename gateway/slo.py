@@ -27,6 +27,7 @@ class SloTarget:
     ttft_ms: float
     tpot_ms: float
     rejectable: bool = True
+    protected: bool = True  # admitted at arrival, later tighter requests may not push it out
 
     @property
     def ttft_s(self) -> float:
@@ -88,4 +89,4 @@ def resolve_slo(
     explicit = ttft is not None or tpot is not None
     # Targets given without a class are custom, even where they equal the default class's.
     label = base_name if same and (class_name is not None or not explicit) else CUSTOM_CLASS
-    return SloTarget(label, ttft_ms, tpot_ms, rejectable)
+    return SloTarget(label, ttft_ms, tpot_ms, rejectable, base.protected)

@@ -18,6 +18,9 @@ from bench.sim.server import SimServer
 from gateway.app import RunningServer, build_app, start_server
 from gateway.config import GatewayConfig
 from gateway.settings import Settings
+from tests import interpreter
+
+interpreter.install()
 
 MODEL = "sim-model"
 # The 8B-on-H100 engine at a fifth of its step time: streams are real, tests stay quick.

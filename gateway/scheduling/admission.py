@@ -18,7 +18,9 @@ are not promised to newcomers too early.
 A committed request is refused later only when the committed schedule alone no longer lets
 it meet its deadline with the margin (expected lengths, as at the deadline): a backend
 failed, or a prediction was badly wrong. Those refusals have their own reason,
-``ttft_late``, to be counted apart.
+``ttft_late``, to be counted apart. A class that is not ``protected`` is decided at arrival
+too, but later, tighter requests may overtake it as at the deadline; if it then cannot be
+served in time it is refused as ``ttft_unattainable``.
 """
 
 from __future__ import annotations
@@ -82,8 +84,11 @@ def commitments(
         for w in held:
             ttft = expected.get(w.ticket)
             if ttft is not None and not fits(w, ttft):
-                decisions.late[w.ticket] = ttft
-        schedule = [w for w in held if w.ticket not in decisions.late]
+                # A protected request refused now broke a commitment; an unprotected one was
+                # overtaken, as its class allows: refused as at the deadline.
+                (decisions.late if w.demand.protected else decisions.refused)[w.ticket] = ttft
+        gone = decisions.late.keys() | decisions.refused.keys()
+        schedule = [w for w in held if w.ticket not in gone]
         cautious = replace(serving, free=slot_free_times(serving.loads, overrun=overrun))
         after = dict(pending)  # the prefill work pending once the schedule's is added
         base = ttft_walk(schedule, cautious, after, _all)
@@ -101,7 +106,9 @@ def commitments(
                 continue  # no backend it may use: it waits, uncommitted
             over = walked[new.ticket] + margin_s - (new.deadline - now)
             for behind in trial[at + 1 :]:
-                if not behind.rejectable or behind.ticket not in base:
+                if not behind.rejectable or not behind.demand.protected:
+                    continue  # best effort, or a class that may be overtaken
+                if behind.ticket not in base:
                     continue
                 budget = behind.deadline - now
                 kept = min(margin_s, max(0.0, budget - base[behind.ticket]))

@@ -102,6 +102,7 @@ class Demand:
     tenant: str | None = None
     prefix: tuple[int, ...] = ()  # its prompt's chunk hashes (gateway.prefix_index)
     session: str | None = None  # the client's session id, when it gave one
+    protected: bool = True  # admitted at arrival, it keeps its place (scheduling.admission)
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,7 +47,12 @@ async def test_admin_cli_drives_the_api(
         gw, "classes", "set", "gold", "--ttft-ms", "800", "--tpot-ms", "40"
     )
     assert code == 0
-    assert classes["slo_class"] == {"ttft_ms": 800, "tpot_ms": 40, "on_unattainable": "reject"}
+    assert classes["slo_class"] == {
+        "ttft_ms": 800,
+        "tpot_ms": 40,
+        "on_unattainable": "reject",
+        "protected": True,
+    }
     code, listed, _ = await _admin(gw, "classes", "list")
     assert "gold" in listed["slo_classes"]
     code, _, err = await _admin(gw, "classes", "delete", "batch")

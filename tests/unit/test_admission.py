@@ -7,7 +7,7 @@ import pytest
 from gateway.scheduling.admission import Decisions, commitments
 from gateway.scheduling.guards import BackendLoad, ldf_key, ttft_rejections
 from gateway.scheduling.policy import SloPolicy
-from gateway.scheduling.snapshot import BackendView, InFlightView, WaitingView
+from gateway.scheduling.snapshot import BackendView, Demand, InFlightView, WaitingView
 from tests.unit.test_guards import backend, running, wait
 
 # Prefill (tests.unit.test_guards): 100 ms flat up to 1000 tokens, then 0.1 ms a token, so a
@@ -114,3 +114,24 @@ def test_the_policy_commits_refuses_at_arrival_and_names_late_refusals() -> None
         (3, "ttft_unattainable"),
     ]
     assert plan.placements == []
+
+
+def test_a_class_that_is_not_protected_may_be_overtaken_and_is_refused_as_at_the_deadline() -> None:
+    older = WaitingView(
+        1,
+        Demand("m", 0.0, 0.42, 0.05, BIG, 100, 300, protected=False),
+        committed=True,
+    )
+    tight = wait(2, deadline=0.30, prompt=BIG, arrival=0.1)
+    # Unlike a protected request (test above), it does not hold the newcomer out ...
+    decided = decide([older, tight], [backend()])
+    assert (decided.committed, decided.refused, decided.late) == ([2], {}, {})
+    # ... and once the newcomer is committed ahead of it, it is refused, not as a broken
+    # commitment.
+    again = decide([older, wait(2, deadline=0.30, prompt=BIG, committed=True)], [backend()])
+    assert again.refused == {1: pytest.approx(0.4)}
+    assert again.late == {}
+    plan = SloPolicy(credits=False, commit=True)(
+        [older, wait(2, deadline=0.30, prompt=BIG, committed=True)], [backend()], 0.0
+    )
+    assert [(r.ticket, r.reason) for r in plan.rejections] == [(1, "ttft_unattainable")]

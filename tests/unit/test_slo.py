@@ -84,3 +84,16 @@ def test_an_unknown_class_with_one_target_is_still_refused() -> None:
 def test_seconds() -> None:
     target = SloTarget("x", 500, 30)
     assert (target.ttft_s, target.tpot_s) == (0.5, 0.03)
+
+
+def test_a_class_may_give_up_its_protection_under_admission_at_arrival() -> None:
+    config = GatewayConfig.model_validate(
+        {
+            "slo_classes": {"loose": {"ttft_ms": 7500, "tpot_ms": 50, "protected": False}},
+            "default_class": "loose",
+        }
+    )
+    assert not resolve_slo({}, "m", config).protected
+    # Explicit targets keep their base class's protection.
+    assert not resolve_slo({"x-slo-ttft-ms": "900"}, "m", config).protected
+    assert resolve_slo({"x-slo-class": "interactive"}, "m", CONFIG).protected
