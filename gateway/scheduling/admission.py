@@ -27,14 +27,16 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from gateway.scheduling.guards import (
     BackendLoad,
+    Serving,
     ldf_key,
-    serving_for,
-    slot_free_times,
+    misfits,
+    per_model,
     ttft_walk,
+    within_budget,
 )
 from gateway.scheduling.snapshot import WaitingView
 
@@ -67,29 +69,22 @@ def commitments(
     """Find the committed requests of ``ordered`` (the queue in LDF order) that can no
     longer be served in time, then decide its newcomers, in arrival order."""
     decisions = Decisions()
+    fits = within_budget(now, margin_s)
     pending = {name: load.pending_prefill for name, load in loads.items()}
-    for model in {w.model for w in ordered}:
-        queue = [w for w in ordered if w.model == model]
-        serving = serving_for(
-            model, queue, loads, epsilon=epsilon, admit_margin=admit_margin, vbs=vbs
-        )
-        if serving is None:
-            continue  # nothing to predict with: newcomers wait uncommitted (cold start)
-
-        def fits(w: WaitingView, ttft: float) -> bool:
-            return not w.rejectable or w.deadline - now >= ttft + margin_s
-
+    for queue, serving in per_model(
+        ordered, loads, epsilon=epsilon, admit_margin=admit_margin, vbs=vbs
+    ):
         held = [w for w in queue if w.committed or not w.rejectable]
         expected = ttft_walk(held, serving, dict(pending), fits)
+        unservable = misfits(held, expected, fits)
         for w in held:
-            ttft = expected.get(w.ticket)
-            if ttft is not None and not fits(w, ttft):
+            if w.ticket in unservable:
                 # A protected request refused now broke a commitment; an unprotected one was
                 # overtaken, as its class allows: refused as at the deadline.
-                (decisions.late if w.demand.protected else decisions.refused)[w.ticket] = ttft
-        gone = decisions.late.keys() | decisions.refused.keys()
-        schedule = [w for w in held if w.ticket not in gone]
-        cautious = replace(serving, free=slot_free_times(serving.loads, overrun=overrun))
+                refusals = decisions.late if w.demand.protected else decisions.refused
+                refusals[w.ticket] = unservable[w.ticket]
+        schedule = [w for w in held if w.ticket not in unservable]
+        cautious = Serving.of(serving.loads, serving.headroom, overrun)
         after = dict(pending)  # the prefill work pending once the schedule's is added
         base = ttft_walk(schedule, cautious, after, _all)
         keys = [ldf_key(w) for w in schedule]

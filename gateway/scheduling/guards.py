@@ -10,7 +10,7 @@ import enum
 import itertools
 import math
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from gateway.scheduling.snapshot import BackendView, WaitingView
@@ -221,11 +221,6 @@ def slot_frees(
     return frees
 
 
-def slot_free_times(loads: Iterable[BackendLoad], *, overrun: float | None = None) -> list[float]:
-    """When each in-flight request is predicted to finish, from now, soonest first."""
-    return [at for at, _ in slot_frees(loads, overrun=overrun)]
-
-
 @dataclass(frozen=True, slots=True)
 class Serving:
     """One model's backends as the TTFT walk sees them: their loads, how many more requests
@@ -253,27 +248,53 @@ class Serving:
         return cls(loads, headroom, [at for at, _ in frees], room, freed)
 
 
-def serving_for(
-    model: str,
-    queue: Sequence[WaitingView],
+def per_model(
+    ordered: Sequence[WaitingView],
     loads: dict[str, BackendLoad],
     *,
     epsilon: float,
     admit_margin: float,
     vbs: bool,
-    overrun: float | None = None,
-) -> Serving | None:
-    """The healthy backends serving ``model`` (None: none, nothing to predict with); their
-    slots free as ``slot_free_times`` says with ``overrun``."""
-    serving = [load for load in loads.values() if load.view.healthy and model in load.view.models]
-    if not serving:
-        return None
-    tightest = min(w.tpot_s for w in queue)
-    kv = any(load.view.kv_capacity is None for load in serving)  # else the walk counts KV
-    headroom = total_headroom(
-        serving, tightest, vbs=vbs, epsilon=epsilon, margin=admit_margin, kv=kv
-    )
-    return Serving.of(serving, headroom, overrun)
+) -> Iterator[tuple[list[WaitingView], Serving]]:
+    """Each model's part of ``ordered`` (in its order) and the healthy backends serving it; a
+    model none serves is left out: with nothing to predict with, its requests wait (a cold
+    start), neither admitted nor refused."""
+    for model in {w.model for w in ordered}:
+        queue = [w for w in ordered if w.model == model]
+        serving = [
+            load for load in loads.values() if load.view.healthy and model in load.view.models
+        ]
+        if not serving:
+            continue
+        tightest = min(w.tpot_s for w in queue)
+        kv = any(load.view.kv_capacity is None for load in serving)  # else the walk counts KV
+        headroom = total_headroom(
+            serving, tightest, vbs=vbs, epsilon=epsilon, margin=admit_margin, kv=kv
+        )
+        yield queue, Serving.of(serving, headroom, None)
+
+
+def within_budget(now: float, margin_s: float) -> Callable[[WaitingView, float], bool]:
+    """Whether a request would get its first token, predicted at ``ttft``, with ``margin_s``
+    of its budget to spare (a best-effort one always does)."""
+
+    def fits(w: WaitingView, ttft: float) -> bool:
+        return not w.rejectable or w.deadline - now >= ttft + margin_s
+
+    return fits
+
+
+def misfits(
+    queue: Iterable[WaitingView],
+    predicted: dict[int, float],
+    fits: Callable[[WaitingView, float], bool],
+) -> dict[int, float]:
+    """Ticket -> predicted time to first token, for the walked requests that do not fit."""
+    return {
+        w.ticket: predicted[w.ticket]
+        for w in queue
+        if w.ticket in predicted and not fits(w, predicted[w.ticket])
+    }
 
 
 def ttft_walk(
@@ -336,21 +357,11 @@ def ttft_rejections(
     when its remaining budget is below its predicted time to first token plus the margin.
     Returns ticket -> predicted time to first token, for the rejected ones."""
 
-    def fits(w: WaitingView, ttft: float) -> bool:
-        return not w.rejectable or w.deadline - now >= ttft + margin_s
-
+    fits = within_budget(now, margin_s)
     rejected: dict[int, float] = {}
     pending = {name: load.pending_prefill for name, load in loads.items()}
-    for model in {w.model for w in ordered}:
-        queue = [w for w in ordered if w.model == model]
-        serving = serving_for(
-            model, queue, loads, epsilon=epsilon, admit_margin=admit_margin, vbs=vbs
-        )
-        if serving is None:
-            continue  # nothing to predict with: the request waits (cold start), not refused
-        predicted = ttft_walk(queue, serving, pending, fits)
-        for w in queue:
-            ttft = predicted.get(w.ticket)
-            if ttft is not None and not fits(w, ttft):
-                rejected[w.ticket] = ttft
+    for queue, serving in per_model(
+        ordered, loads, epsilon=epsilon, admit_margin=admit_margin, vbs=vbs
+    ):
+        rejected.update(misfits(queue, ttft_walk(queue, serving, pending, fits), fits))
     return rejected

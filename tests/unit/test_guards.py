@@ -13,7 +13,7 @@ from gateway.scheduling.guards import (
     decode_headroom,
     ldf_key,
     priority_tier,
-    slot_free_times,
+    slot_frees,
     tightness,
     ttft_rejections,
 )
@@ -130,12 +130,13 @@ def test_decode_headroom_solves_the_itl_model() -> None:
     assert decode_headroom(full, 0.05, epsilon=1.3, margin=0.99) == 2
 
 
-def test_slot_free_times_count_prefill_and_remaining_tokens() -> None:
+def test_slot_frees_count_prefill_and_remaining_tokens() -> None:
     load = BackendLoad.of(
         backend(requests=running(1, remaining=10) + running(1, remaining=20, started=False))
     )
     # ITL at batch 2: 12 ms. The unstarted one prefills first (100 ms).
-    assert slot_free_times([load]) == pytest.approx([0.12, 0.1 + 0.24])
+    assert [at for at, _ in slot_frees([load])] == pytest.approx([0.12, 0.1 + 0.24])
+    assert [kv for _, kv in slot_frees([load])] == [300, 300]  # each gives its KV back
 
 
 def _rejections(
