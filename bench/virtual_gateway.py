@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 from adapters.base import EngineAdapter, EngineLoad
@@ -19,18 +19,39 @@ from bench.sim.engine import Engine, SimRequest, Step, TokenHook
 from bench.sim.prefix_cache import block_hashes, token_ids
 from bench.sim.profiles import Profile
 from bench.workload import SCORPIO_CLASSES, Planned, Result
-from gateway.config import BackendConfig, GatewayConfig, LatencyPrior, SchedulerConfig, TenantConfig
+from gateway.config import (
+    BackendConfig,
+    Degrade,
+    GatewayConfig,
+    LatencyPrior,
+    SchedulerConfig,
+    TenantConfig,
+)
 from gateway.estimate import demand, estimate
 from gateway.fleet import Backend, Fleet, InFlight
 from gateway.prefix_index import chunk_hashes, prompt_text
 from gateway.runtime import fair_share, make_policy, prefix_index
+from gateway.scheduling.degrade import Pressure, PressureRules
 from gateway.scheduling.scheduler import Scheduler
-from gateway.scheduling.snapshot import Placement, Rejection
+from gateway.scheduling.snapshot import Placement, Rejection, Route
 from gateway.slo import SloTarget
 from predictor.model import LengthModel
 
 MODEL = "virtual-model"
 GUARD_REASONS = ("ttft_unattainable", "ttft_late", "tpot_unattainable")
+
+
+@dataclass(frozen=True, slots=True)
+class VariantPool:
+    """A second pool serving a variant of the model (a quantized one) on its own engines,
+    named v0, v1, ...; requests reach it only by degrading (``gateway.scheduling.degrade``)."""
+
+    model: str
+    profile: Profile
+    backends: int
+    prior: LatencyPrior
+    degrade: Degrade = "when_unattainable"  # every class's SloClass.degrade
+    rules: PressureRules = field(default_factory=PressureRules)
 
 
 @dataclass(slots=True)
@@ -41,6 +62,7 @@ class _Live:
     item: Planned
     arrival: float
     sim: SimRequest
+    model: str
     first: float | None = None
     last: float | None = None
     tokens: int = 0
@@ -62,6 +84,7 @@ def run_virtual(
     report_cached: bool = True,
     counters: dict[str, int] | None = None,
     unprotected: frozenset[str] = frozenset(),
+    variant: VariantPool | None = None,
 ) -> list[Result]:
     """Serve ``items`` on ``backends`` engines named b0, b1, ...; ``instances`` places them in
     macro instances (backend -> instance, place in its cycle) for rolling activation;
@@ -70,31 +93,48 @@ def run_virtual(
     prefix-aware) follows them, corrected from each reply's cached tokens when
     ``report_cached``; without it neither caches (the earlier benchmarks' engine).
     ``counters``, when given, gets the engines' prefix-cache counters summed; classes in
-    ``unprotected`` may be overtaken once admitted (``SloClass.protected``)."""
+    ``unprotected`` may be overtaken once admitted (``SloClass.protected``); ``variant`` adds
+    a pool of a cheaper variant that requests may be degraded to."""
     now = [0.0]
 
     def clock() -> float:
         return now[0]
 
+    pools = [(f"b{i}", MODEL, profile, prior) for i in range(backends)]
+    if variant is not None:
+        pools += [
+            (f"v{i}", variant.model, variant.profile, variant.prior)
+            for i in range(variant.backends)
+        ]
+    profiles = {name: engine for name, _, engine, _ in pools}
     fleet = Fleet(
         [
             Backend.create(
                 BackendConfig.model_validate(
-                    {"name": f"b{i}", "url": "http://127.0.0.1:9", "max_in_flight": max_in_flight}
+                    {
+                        "name": name,
+                        "url": "http://127.0.0.1:9",
+                        "max_in_flight": max_in_flight,
+                        "models": [model],
+                    }
                 ),
                 cast(EngineAdapter, None),  # never called: the engine below stands in
-                prior,
+                backend_prior,
             )
-            for i in range(backends)
+            for name, model, _, backend_prior in pools
         ],
         unhealthy_after=2,
         probe_timeout_s=1.0,
     )
     for backend in fleet:
         backend.healthy = True
-        backend.discovered = frozenset({MODEL})
-        backend.load = EngineLoad(kv_capacity_tokens=profile.kv_tokens)
+        backend.discovered = frozenset(backend.config.models)
+        backend.load = EngineLoad(kv_capacity_tokens=profiles[backend.name].kv_tokens)
     queue = Scheduler(fleet, make_policy(scheduler), clock=clock)
+    routes: tuple[Route, ...] = ()
+    if variant is not None:
+        queue.pressure = Pressure(variant.rules)
+        routes = (Route(variant.model),)
     queue.instances = dict(instances or {})
     settings = GatewayConfig(scheduler=scheduler, tenants=tenants or {})
     queue.fair = fair_share(settings)
@@ -123,7 +163,9 @@ def run_virtual(
         return hook
 
     for index, backend in enumerate(fleet):
-        engine = Engine(profile, seed=index, clock=clock, prefix_caching=prefix_caching)
+        engine = Engine(
+            profiles[backend.name], seed=index, clock=clock, prefix_caching=prefix_caching
+        )
         engine.on_token = on_token(backend.name)
         engine.on_finish = on_finish(backend.name)
         engines[backend.name] = engine
@@ -178,7 +220,7 @@ def run_virtual(
                 block_hashes=blocks,
             )
             live[(placement.backend, sim.id)] = _Live(
-                ticket, placement.backend, inflight, item, arrival, sim
+                ticket, placement.backend, inflight, item, arrival, sim, placement.model or MODEL
             )
             start_step(placement.backend)
 
@@ -194,10 +236,11 @@ def run_virtual(
             ttft_ms * slo_scale,
             tpot_ms * slo_scale,
             protected=item.slo_class not in unprotected,
+            degrade="never" if variant is None else variant.degrade,
         )
         expected = estimate(body, lengths, scheduler.output_quantile)
         prefix = chunk_hashes(prompt_text(body)) if queue.prefix is not None else ()
-        wanted = demand(MODEL, now[0], slo, expected, item.tenant, prefix)
+        wanted = demand(MODEL, now[0], slo, expected, item.tenant, prefix, None, routes)
         ticket, future = queue.submit(wanted, loop)
         pending[ticket] = (item, now[0], future)
 
@@ -236,7 +279,16 @@ def run_virtual(
             item = state.item
             elapsed = now[0] - state.arrival
             results.append(
-                Result(item.slo_class, 200, ttft, tpot, state.tokens, elapsed, tenant=item.tenant)
+                Result(
+                    item.slo_class,
+                    200,
+                    ttft,
+                    tpot,
+                    state.tokens,
+                    elapsed,
+                    tenant=item.tenant,
+                    model=state.model,
+                )
             )
         if finished:
             finished.clear()

@@ -69,6 +69,7 @@ class Result:
     elapsed_s: float = 0.0
     reason: str | None = None
     tenant: str | None = None
+    model: str | None = None  # the model that served it (a variant's, when degraded)
 
 
 def plan(

@@ -75,6 +75,12 @@ def add_commands(commands: Any) -> None:
     set_class.add_argument("--ttft-ms", type=float, required=True)
     set_class.add_argument("--tpot-ms", type=float, required=True)
     set_class.add_argument("--best-effort", action="store_true", help="serve, never reject")
+    set_class.add_argument(
+        "--degrade",
+        choices=("never", "when_unattainable", "prefer_fast"),
+        default="never",
+        help="may its requests go to a variant of their model under pressure",
+    )
     delete_class = classes.add_parser("delete")
     delete_class.add_argument("name")
 
@@ -203,6 +209,7 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Any, dict[str, str]]:
             "ttft_ms": args.ttft_ms,
             "tpot_ms": args.tpot_ms,
             "on_unattainable": "best_effort" if args.best_effort else "reject",
+            "degrade": args.degrade,
         }
         return "PUT", path, body, {}
     if group == "pools":

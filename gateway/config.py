@@ -15,6 +15,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
 Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:/@+-]+$")]
+# May a request be served by one of its model's variants (``ModelConfig.variants``)? ``never``;
+# ``when_unattainable``: only where its own model's pools would refuse it; ``prefer_fast``: on
+# the first variant that can meet its targets whenever degrading is on.
+Degrade = Literal["never", "when_unattainable", "prefer_fast"]
+DEGRADE_ORDER: dict[str, int] = {"never": 0, "when_unattainable": 1, "prefer_fast": 2}
 
 
 class _Frozen(BaseModel):
@@ -34,6 +39,11 @@ class SloClass(_Frozen):
     tpot_ms: float = Field(gt=0, le=600_000)
     on_unattainable: Literal["reject", "best_effort"] = "reject"
     protected: bool = True
+    degrade: Degrade = Field(
+        default="never",
+        description="Whether its requests may be served by a variant of their model while "
+        "the model's pool is under pressure (never, when_unattainable, prefer_fast).",
+    )
 
 
 class LatencyPrior(_Frozen):
@@ -79,6 +89,25 @@ class FairShareConfig(_Frozen):
     active_s: float = Field(default=10.0, gt=0, le=86_400)
 
 
+class DegradeConfig(_Frozen):
+    """When requests may go to a model's variants: while the model's pressure, the decayed
+    share of its requests that its own pools would refuse for their targets (the scale-out
+    signal's reject share, counting those sent to a variant instead), is on. It turns on above
+    ``enter_share``, and off once it is below ``leave_share`` with nothing of the model queued,
+    after ``min_dwell_s`` on at least; counts decay with ``half_life_s``."""
+
+    enter_share: float = Field(default=0.05, ge=0, le=1)
+    leave_share: float = Field(default=0.01, ge=0, le=1)
+    half_life_s: float = Field(default=10.0, gt=0, le=86_400)
+    min_dwell_s: float = Field(default=5.0, ge=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _check_band(self) -> Self:
+        if self.leave_share > self.enter_share:
+            raise ValueError("degrade.leave_share must not exceed degrade.enter_share")
+        return self
+
+
 class SchedulerConfig(_Frozen):
     """Which scheduling policy runs, and its parameters (ALGORITHMS.md §3, §4)."""
 
@@ -109,6 +138,7 @@ class SchedulerConfig(_Frozen):
         "rolling activation with EcoServe's check (rolling).",
     )
     fair_share: FairShareConfig = Field(default_factory=FairShareConfig)
+    degrade: DegradeConfig = Field(default_factory=DegradeConfig)
     prefix_aware: bool = Field(
         default=True,
         description="Count what each backend is likely to hold in its prefix cache "
@@ -152,9 +182,30 @@ class PoolConfig(_Frozen):
         return self
 
 
+class VariantConfig(_Frozen):
+    """A cheaper deployment of a model (a quantized or smaller one): the model name its
+    backends serve, and optionally the one pool of backends to use for it."""
+
+    model: Name
+    pool: Name | None = None
+
+
 class ModelConfig(_Frozen):
+    """A model's defaults, and its ``variants`` in order of preference: where its requests
+    may be degraded to (``SloClass.degrade``, ``TenantConfig.degrade``)."""
+
     name: Name
     default_class: Name | None = None
+    variants: tuple[VariantConfig, ...] = Field(default=(), max_length=16)
+
+    @model_validator(mode="after")
+    def _check_variants(self) -> Self:
+        names = [v.model for v in self.variants]
+        if self.name in names:
+            raise ValueError(f"model {self.name!r} cannot be a variant of itself")
+        if len(set(names)) != len(names):
+            raise ValueError(f"model {self.name!r} names a variant more than once")
+        return self
 
 
 BackendState = Literal["active", "draining", "disabled"]
@@ -217,8 +268,10 @@ class TenantConfig(_Frozen):
     (unset: any). ``min_ttft_ms``/``min_tpot_ms``: the tightest targets it may ask for.
     ``default_class``: its requests' class when they name none. ``on_excess``: a request that
     asks for more is refused (403 ``slo_not_permitted``) or clamped to the entitlement.
-    ``weight``: its share of the fleet under overload, against other tenants' weights (a
-    tenant without an entry weighs 1). ``limits``: its rate limits."""
+    ``degrade``: how far its requests may be degraded to a model's variant, at most (the
+    stricter of this and their class's applies). ``weight``: its share of the fleet under
+    overload, against other tenants' weights (a tenant without an entry weighs 1).
+    ``limits``: its rate limits."""
 
     models: tuple[str, ...] | None = None
     classes: tuple[Name, ...] | None = None
@@ -226,6 +279,11 @@ class TenantConfig(_Frozen):
     min_tpot_ms: float | None = Field(default=None, gt=0)
     default_class: Name | None = None
     on_excess: Literal["refuse", "clamp"] = "refuse"
+    degrade: Degrade | None = Field(
+        default=None,
+        description="Caps how far its requests may be degraded to a variant: the stricter "
+        "of this and their class's degrade applies (unset: the class's).",
+    )
     weight: float = Field(default=1.0, gt=0, le=1000)
     limits: TenantLimits = Field(default_factory=TenantLimits)
 
@@ -280,6 +338,12 @@ class GatewayConfig(_Frozen):
     def tenant_weight(self, tenant: str | None) -> float:
         entry = self.tenants.get(tenant) if tenant is not None else None
         return entry.weight if entry is not None else 1.0
+
+    def variants_of(self, model: str) -> tuple[VariantConfig, ...]:
+        for entry in self.models:
+            if entry.name == model:
+                return entry.variants
+        return ()
 
     def class_for_model(self, model: str) -> str:
         for entry in self.models:

@@ -47,6 +47,7 @@ def tenant_slo(
         # Header names are case-insensitive: the copy keeps them lower case, as they are read.
         headers = {k.lower(): v for k, v in headers.items() if k.lower() != CLASS_HEADER}
     slo = resolve_slo(headers, model, config, default_class=entitlement.default_class)
+    slo = slo.capped(entitlement.degrade)
     ttft, tpot = slo.ttft_ms, slo.tpot_ms
     for value, floor, header in (
         (ttft, entitlement.min_ttft_ms, TTFT_HEADER),

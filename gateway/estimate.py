@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gateway.scheduling.snapshot import Demand
+from gateway.scheduling.snapshot import Demand, Route
 from gateway.slo import SloTarget
 from gateway.tokens import DEFAULT_CHARS_PER_TOKEN
 from predictor.features import PromptInfo, approx_tokens, info_from_request
@@ -86,7 +86,10 @@ def demand(
     tenant: str | None = None,
     prefix: tuple[int, ...] = (),
     session: str | None = None,
+    variants: tuple[Route, ...] = (),
 ) -> Demand:
+    """What the scheduler weighs of a request; ``variants`` (its model's, in order) only
+    where its objective lets it be degraded."""
     return Demand(
         model=model,
         arrival=arrival,
@@ -100,4 +103,6 @@ def demand(
         prefix=prefix,
         session=session,
         protected=slo.protected,
+        degrade=slo.degrade,
+        variants=variants if slo.degrade != "never" else (),
     )

@@ -322,6 +322,7 @@ class Fleet:
                 b.dispatched,
                 peer_load(b.name),
                 rolling(b.name),
+                b.config.pool_name,
             )
             for b in self
         ]

@@ -233,6 +233,14 @@ class GatewayMetrics:
             labels,
             registry=self.registry,
         )
+        # (model, class, served model) -> requests degraded so far, for /admin/stats
+        self.degraded_by_class: dict[tuple[str, str, str], int] = {}
+        self.degraded = Counter(
+            "sluice_degraded",
+            "Requests served by a variant of the model they asked for",
+            [*labels, "served_model", "outcome"],
+            registry=self.registry,
+        )
         self.rejected = Counter(
             "sluice_rejected",
             "Requests refused, by reason",
@@ -322,6 +330,10 @@ class GatewayMetrics:
             self.tenants.observe(record)
         labels = (record.model, record.slo.class_name)
         self.requests.labels(*labels, record.outcome).inc()
+        if record.degraded:
+            self.degraded.labels(*labels, record.served_model, record.outcome).inc()
+            key = (record.model, record.slo.class_name, record.served_model or "")
+            self.degraded_by_class[key] = self.degraded_by_class.get(key, 0) + 1
         if record.queue_s is not None:
             self.queue_wait.labels(record.model).observe(record.queue_s)
         if record.outcome == "rejected":

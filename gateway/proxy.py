@@ -39,7 +39,7 @@ from gateway.middleware import is_openai_error
 from gateway.prefix_index import chunk_hashes, prompt_text
 from gateway.records import RecordLog, RequestRecord
 from gateway.scheduling.scheduler import Lease, Scheduler
-from gateway.scheduling.snapshot import Demand
+from gateway.scheduling.snapshot import Demand, Route
 from gateway.slots import Slot, Slots
 from gateway.state.sharing import LoadSharing
 from predictor.online import SampleLog
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "x-request-id"
 BACKEND_HEADER = "x-sluice-backend"
 PREDICTED_HEADER = "x-sluice-predicted-tokens"
+SERVED_MODEL_HEADER = "x-sluice-served-model"
 _CLIENT_GONE = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
 
 
@@ -60,6 +61,7 @@ class GenerationCall:
     body: dict[str, Any]
     wants_usage: bool
     session: str | None = None  # x-session-id, or the body's ``user``
+    variants: tuple[Route, ...] = ()  # its model's variants, in order (config ``variants``)
 
 
 class Proxy:
@@ -149,6 +151,7 @@ class Proxy:
             record.tenant,
             prefix,
             call.session,
+            call.variants,
         )
 
     async def _send(
@@ -162,9 +165,12 @@ class Proxy:
             lease.backend,
             attempt,
         )
+        record.served_model = lease.model or record.model
         backend = slot.backend
         self._metrics.admitted.labels(record.model, record.slo.class_name).inc()
         body = call.body
+        if record.served_model != record.model:  # degraded: the variant's name goes upstream
+            body = {**body, "model": record.served_model}
         if backend.config.priority_scheduling and lease.priority is not None:
             body = {**body, "priority": lease.priority}
         payload = json.dumps(backend.adapter.prepare(body, wants_usage=call.wants_usage))
@@ -211,6 +217,8 @@ class Proxy:
             headers[PREDICTED_HEADER] = str(record.estimate.output_tokens)
         if record.backend is not None:
             headers[BACKEND_HEADER] = record.backend
+        if record.served_model is not None:
+            headers[SERVED_MODEL_HEADER] = record.served_model
         return headers
 
     async def _relay_status(

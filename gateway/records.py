@@ -23,6 +23,7 @@ class RequestRecord:
     arrival: float
     dispatch: float | None = None
     backend: str | None = None
+    served_model: str | None = None  # what served it: a variant's name when degraded
     attempts: int = 0
     first_token: float | None = None
     token_times: list[float] = field(default_factory=list)
@@ -45,6 +46,10 @@ class RequestRecord:
         if self.prompt_tokens is not None:
             return self.prompt_tokens
         return self.estimate.prompt_tokens if self.estimate is not None else 0
+
+    @property
+    def degraded(self) -> bool:
+        return self.served_model is not None and self.served_model != self.model
 
     @property
     def tokens(self) -> int:

@@ -25,6 +25,7 @@ from gateway.prefix_index import PrefixIndex
 from gateway.proxy import Proxy
 from gateway.records import RecordLog
 from gateway.scaling import Scaler
+from gateway.scheduling.degrade import Pressure, PressureRules
 from gateway.scheduling.fairness import FairShare, ShareRules
 from gateway.scheduling.macro import instance_ids, with_layout
 from gateway.scheduling.policy import Policy, SloPolicy, least_loaded
@@ -102,6 +103,19 @@ def fair_share(config: GatewayConfig, current: FairShare | None = None) -> FairS
     return share
 
 
+def pressure(config: GatewayConfig, current: Pressure | None = None) -> Pressure | None:
+    """The scheduler's degrade pressure under ``config`` (None when no model has variants);
+    the shares so far carry over."""
+    if not any(model.variants for model in config.models):
+        return None
+    rules = config.scheduler.degrade
+    kept = current or Pressure()
+    kept.rules = PressureRules(
+        rules.enter_share, rules.leave_share, rules.half_life_s, rules.min_dwell_s
+    )
+    return kept
+
+
 def prefix_index(config: GatewayConfig, current: PrefixIndex | None = None) -> PrefixIndex | None:
     """The scheduler's prefix index under ``config``; what it knows carries over."""
     if not config.scheduler.prefix_aware:
@@ -164,6 +178,7 @@ class Runtime:
         scheduler.instances = instance_ids(self.config)
         scheduler.fair = fair_share(self.config)
         scheduler.prefix = prefix_index(self.config)
+        scheduler.pressure = pressure(self.config)
         fleet.on_change = scheduler.schedule
         metrics = GatewayMetrics(fleet, scheduler.queue_depths)
         metrics.watch_config(lambda: self.config)
@@ -320,6 +335,7 @@ class Runtime:
         services.scheduler.instances = instance_ids(config)
         services.scheduler.fair = fair_share(config, services.scheduler.fair)
         services.scheduler.prefix = prefix_index(config, services.scheduler.prefix)
+        services.scheduler.pressure = pressure(config, services.scheduler.pressure)
         added = services.fleet.reconcile(
             config.backends, lambda cfg: self._build_backend(services.session, cfg)
         )

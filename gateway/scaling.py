@@ -2,7 +2,8 @@
 
 Sluice does not start or stop servers; it tells an autoscaler what it sees. Per pool:
   * scale out when the moving average of TTFT over its target exceeds 1, when the moving
-    share of requests rejected for their TTFT exceeds ``reject_share``, or, in a cold start
+    share of requests rejected for their TTFT (or sent to a variant's pool because this one
+    would have refused them) exceeds ``reject_share``, or, in a cold start
     (no ready backend, requests waiting), by one backend per ``cold_start_per_backend``
     queued requests;
   * scale in when the mean saved TPOT of the pool's decoding streams exceeds
@@ -98,15 +99,23 @@ class _Averages:
     def add(self, record: RequestRecord, alpha: float) -> None:
         rejected = record.outcome == "rejected" and record.reject_reason in REJECTED_FOR_TTFT
         self.reject_share += alpha * (float(rejected) - self.reject_share)
+        self._target(record, alpha)
+        ttft = record.ttft_s
+        if record.outcome == "ok" and ttft is not None and record.slo.ttft_s > 0:
+            self.ttft_ratio += alpha * (ttft / record.slo.ttft_s - self.ttft_ratio)
+
+    def add_refusal(self, record: RequestRecord, alpha: float) -> None:
+        """A request its pool could not serve in time, sent to a variant's pool instead."""
+        self.reject_share += alpha * (1.0 - self.reject_share)
+        self._target(record, alpha)
+
+    def _target(self, record: RequestRecord, alpha: float) -> None:
         target = record.slo.ttft_s
         self.ttft_target_s = (
             target
             if math.isnan(self.ttft_target_s)
             else self.ttft_target_s + alpha * (target - self.ttft_target_s)
         )
-        ttft = record.ttft_s
-        if record.outcome == "ok" and ttft is not None and target > 0:
-            self.ttft_ratio += alpha * (ttft / target - self.ttft_ratio)
 
 
 @dataclass(slots=True)
@@ -150,6 +159,9 @@ class Scaler:
             )
             if pool is not None:
                 self._averages.setdefault(pool, _Averages()).add(record, self.alpha)
+            if record.degraded and record.model in members and record.model != pool:
+                # Its own pool would have refused it: pressure there, as a refusal is.
+                self._averages.setdefault(record.model, _Averages()).add_refusal(record, self.alpha)
         depths = self.queue_depths()
         changed = []
         for pool, names in members.items():

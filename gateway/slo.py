@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from gateway.config import GatewayConfig
+from gateway.config import DEGRADE_ORDER, Degrade, GatewayConfig
 from gateway.errors import InvalidRequest
 
 TTFT_HEADER = "x-slo-ttft-ms"
@@ -28,6 +28,13 @@ class SloTarget:
     tpot_ms: float
     rejectable: bool = True
     protected: bool = True  # admitted at arrival, later tighter requests may not push it out
+    degrade: Degrade = "never"  # whether a variant of its model may serve it
+
+    def capped(self, limit: Degrade | None) -> SloTarget:
+        """The same objective, degraded no further than ``limit`` allows."""
+        if limit is None or DEGRADE_ORDER[limit] >= DEGRADE_ORDER[self.degrade]:
+            return self
+        return replace(self, degrade=limit)
 
     @property
     def ttft_s(self) -> float:
@@ -89,4 +96,4 @@ def resolve_slo(
     explicit = ttft is not None or tpot is not None
     # Targets given without a class are custom, even where they equal the default class's.
     label = base_name if same and (class_name is not None or not explicit) else CUSTOM_CLASS
-    return SloTarget(label, ttft_ms, tpot_ms, rejectable, base.protected)
+    return SloTarget(label, ttft_ms, tpot_ms, rejectable, base.protected, base.degrade)

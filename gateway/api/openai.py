@@ -36,6 +36,7 @@ from gateway.fleet import Fleet
 from gateway.middleware import error_response, is_openai_error
 from gateway.proxy import REQUEST_ID_HEADER, GenerationCall
 from gateway.records import RequestRecord
+from gateway.scheduling.snapshot import Route
 from gateway.slo import resolve_slo
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ def _generation(endpoint: str, *, chat: bool) -> Any:
             body=body,
             wants_usage=generation.wants_usage,
             session=session_id(request, body),
+            variants=tuple(Route(v.model, v.pool) for v in config.variants_of(model)),
         )
         try:
             return await services.proxy.generate(request, call, record)

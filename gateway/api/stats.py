@@ -71,6 +71,22 @@ def _outlier(state: OutlierState, now: float) -> dict[str, Any]:
     }
 
 
+def _degrade(request: web.Request) -> dict[str, Any]:
+    """Per model, whether degrading to its variants is on and the pressure behind it; and the
+    requests degraded so far, per model, class and the variant that served them."""
+    services = request.app[RUNTIME].services
+    pressure = services.scheduler.pressure
+    return {
+        "pressure": pressure.state(time.monotonic()) if pressure is not None else {},
+        "degraded": [
+            {"model": model, "slo_class": slo_class, "served_model": served, "requests": count}
+            for (model, slo_class, served), count in sorted(
+                services.metrics.degraded_by_class.items()
+            )
+        ],
+    }
+
+
 async def stats(request: web.Request) -> web.Response:
     services = request.app[RUNTIME].services
     return web.json_response(
@@ -78,6 +94,7 @@ async def stats(request: web.Request) -> web.Response:
             "config_version": services.config_version,
             "queues": dict(services.scheduler.queue_depths()),
             "backends": backend_stats(request),
+            "degrade": _degrade(request),
             "tokenizers": {
                 model: asdict(scale) for model, scale in services.tokens.scales().items()
             },

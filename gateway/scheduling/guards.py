@@ -256,13 +256,18 @@ def per_model(
     admit_margin: float,
     vbs: bool,
 ) -> Iterator[tuple[list[WaitingView], Serving]]:
-    """Each model's part of ``ordered`` (in its order) and the healthy backends serving it; a
-    model none serves is left out: with nothing to predict with, its requests wait (a cold
-    start), neither admitted nor refused."""
-    for model in {w.model for w in ordered}:
-        queue = [w for w in ordered if w.model == model]
+    """Each model's part of ``ordered`` (in its order; by pool too, for requests placed on a
+    variant's pool) and the healthy backends serving it; a model none serves is left out:
+    with nothing to predict with, its requests wait (a cold start), neither admitted nor
+    refused."""
+    for model, pool in {(w.model, w.demand.pool) for w in ordered}:
+        queue = [w for w in ordered if w.model == model and w.demand.pool == pool]
         serving = [
-            load for load in loads.values() if load.view.healthy and model in load.view.models
+            load
+            for load in loads.values()
+            if load.view.healthy
+            and model in load.view.models
+            and (pool is None or load.view.pool == pool)
         ]
         if not serving:
             continue

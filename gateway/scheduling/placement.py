@@ -1,7 +1,8 @@
 """Where one request goes, once the queue-level guards let it through: filters, then weighted
 scorers, then a pick.
 
-- filters: the backend serves the model, is healthy and not excluded (``eligible``); then
+- filters: the backend serves the model (in the pool asked for, if any), is healthy and not
+  excluded (``eligible``); then
   admission, VBS with the KV fit or the in-flight bound alone (``verdicts``), whose verdicts
   the policy also reads to decide whether the request waits;
 - scorers: each a small function of one backend's load and the request, lower is better,
@@ -37,7 +38,10 @@ def eligible(loads: Iterable[BackendLoad], w: WaitingView) -> list[BackendLoad]:
     return [
         load
         for load in loads
-        if load.view.healthy and w.model in load.view.models and load.view.name not in w.excluded
+        if load.view.healthy
+        and w.model in load.view.models
+        and load.view.name not in w.excluded
+        and (w.demand.pool is None or load.view.pool == w.demand.pool)
     ]
 
 

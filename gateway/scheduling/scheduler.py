@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Generic, Protocol, TypeVar
 
 from gateway.prefix_index import PrefixIndex
+from gateway.scheduling.degrade import GUARD_REFUSALS, Pressure, first_route, next_route
 from gateway.scheduling.fairness import FairShare, ShareRules
 from gateway.scheduling.policy import Policy, least_loaded
 from gateway.scheduling.snapshot import (
@@ -115,6 +116,7 @@ class Lease(Generic[S]):
     dispatched_at: float
     seat: S
     priority: int | None = None
+    model: str | None = None  # the model it is served as (a variant's, when degraded)
 
 
 class Scheduler(Generic[S]):
@@ -134,6 +136,7 @@ class Scheduler(Generic[S]):
         self.peer_load = peer_load  # other gateway replicas' load per backend
         self.fair: FairShare | None = FairShare(ShareRules())  # None: no fair share
         self.prefix: PrefixIndex | None = PrefixIndex()  # None: prefix caches not counted
+        self.pressure: Pressure | None = None  # None: requests are never sent to variants
         self._sessions: OrderedDict[str, str] = OrderedDict()  # session -> its last backend
         # (model, tenant) -> its last arrival, while within fair share's active_s
         self._arrived: dict[tuple[str, str | None], float] = {}
@@ -173,7 +176,9 @@ class Scheduler(Generic[S]):
         if isinstance(placement, Rejection):
             return placement
         seat, dispatched_at = self._seats[ticket.id]
-        return Lease(ticket.id, placement.backend, dispatched_at, seat, placement.priority)
+        return Lease(
+            ticket.id, placement.backend, dispatched_at, seat, placement.priority, placement.model
+        )
 
     def submit(
         self, demand: Demand, loop: asyncio.AbstractEventLoop, excluded: Collection[str] = ()
@@ -190,10 +195,15 @@ class Scheduler(Generic[S]):
         self, demand: Demand, excluded: Collection[str], loop: asyncio.AbstractEventLoop
     ) -> _Ticket:
         excluded_set = frozenset(excluded)
-        ticket = _Ticket(next(self._ids), demand, excluded_set, loop.create_future())
+        if self.pressure is not None and demand.variants:
+            demand = first_route(demand, self.pressure.on(demand.model))
         # Cold start: a model some backend is meant to serve waits for one to be ready (until
         # its deadline) rather than failing; only a model no backend could serve fails now.
-        if not self._fleet.serves(demand.model, excluded_set):
+        routed: Demand | None = demand
+        while routed is not None and not self._fleet.serves(routed.model, excluded_set):
+            routed = next_route(routed)
+        ticket = _Ticket(next(self._ids), routed or demand, excluded_set, loop.create_future())
+        if routed is None:
             ticket.future.set_result(Rejection(ticket.id, "no_backend"))
             return ticket
         self._waiting[ticket.id] = ticket
@@ -323,13 +333,28 @@ class Scheduler(Generic[S]):
         if not self._waiting:
             return
         now = self._clock()
+        while self._pass(now):
+            pass  # requests were queued again for a variant: their new queue decides them now
+        if self.pressure is not None and self.pressure.any_on():
+            self.pressure.settle(now, Counter(t.demand.asked for t in self._waiting.values()))
+
+    def _pass(self, now: float) -> bool:
+        """One run of the policy, carried out; True when some refused request was queued
+        again for another route instead (``scheduling.degrade``)."""
         waiting, backends = self.snapshot(now)
         plan = self.policy(waiting, backends, now)
+        rerouted = False
         for rejection in plan.rejections:
-            self._reject(self._waiting.pop(rejection.ticket), rejection, now)
+            ticket = self._waiting[rejection.ticket]
+            if self._reroute(ticket, rejection, now):
+                rerouted = True
+            else:
+                self._reject(self._waiting.pop(rejection.ticket), rejection, now)
         for placement in plan.placements:
             ticket = self._waiting.pop(placement.ticket)
             name, d = placement.backend, ticket.demand
+            if self.pressure is not None and d.origin is None:
+                self.pressure.observe(d.model, False, now)
             seat = self._fleet.seat(name, ticket.id, d, ticket.cached.get(name, 0), now)
             self._seats[ticket.id] = (seat, now)
             if self.prefix is not None:
@@ -341,7 +366,7 @@ class Scheduler(Generic[S]):
                     self._sessions.popitem(last=False)
             if self.fair is not None:
                 self.fair.charge(d.tenant, d.prompt_tokens, d.predicted_tokens, now)
-            ticket.future.set_result(placement)
+            ticket.future.set_result(replace(placement, model=d.model))
         self._active.update(plan.activations)
         for ticket_id in plan.committed:
             if ticket_id in self._waiting:
@@ -349,6 +374,27 @@ class Scheduler(Generic[S]):
         for ticket_id, credit in plan.credits.items():
             if ticket_id in self._waiting:
                 self._waiting[ticket_id].credit = credit
+        return rerouted
+
+    def _reroute(self, ticket: _Ticket, rejection: Rejection, now: float) -> bool:
+        """A refusal for its targets counts toward its model's pressure; while degrading is
+        on there, the request is queued again for its next route that some backend serves,
+        with its own deadline, instead of being refused."""
+        pressure, d = self.pressure, ticket.demand
+        if pressure is None or rejection.reason not in GUARD_REFUSALS:
+            return False
+        if d.origin is None:
+            pressure.observe(d.model, True, now)
+        if not d.variants or not pressure.on(d.asked):
+            return False
+        routed = next_route(d)
+        while routed is not None and not self._fleet.serves(routed.model, ticket.excluded):
+            routed = next_route(routed)
+        if routed is None:
+            return False
+        ticket.demand = routed
+        ticket.cached, ticket.affine, ticket.committed, ticket._view = {}, None, False, None
+        return True
 
     def _reject(self, ticket: _Ticket, rejection: Rejection, now: float) -> None:
         budget = max(0.0, ticket.demand.deadline - now)

@@ -77,6 +77,7 @@ class BackendView:
     dispatched: int = 0  # requests sent there so far: the last tie-break, least used first
     peers: LoadTotals = NO_PEERS  # other gateway replicas' requests in flight there
     rolling: RollingView | None = None  # its macro instance and activation, when it has one
+    pool: str = "default"
 
     @property
     def total_in_flight(self) -> int:
@@ -103,6 +104,23 @@ class Demand:
     prefix: tuple[int, ...] = ()  # its prompt's chunk hashes (gateway.prefix_index)
     session: str | None = None  # the client's session id, when it gave one
     protected: bool = True  # admitted at arrival, it keeps its place (scheduling.admission)
+    pool: str | None = None  # only this pool's backends (a variant's pool), when set
+    degrade: str = "never"  # SloClass.degrade, as capped by its tenant
+    variants: tuple[Route, ...] = ()  # where else it may be served, in order (scheduling.degrade)
+    origin: str | None = None  # the model it asked for, while it is placed for a variant
+
+    @property
+    def asked(self) -> str:
+        """The model the client asked for."""
+        return self.origin if self.origin is not None else self.model
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A model and, optionally, the one pool to serve it from."""
+
+    model: str
+    pool: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +183,7 @@ class Placement:
     ticket: int
     backend: str
     priority: int | None = None
+    model: str | None = None  # the model it is served as, set by the scheduler
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,16 @@ async def test_admin_cli_drives_the_api(
     gw = await make_gateway([first], settings={"admin_token": TOKEN})
 
     code, classes, _ = await _admin(
-        gw, "classes", "set", "gold", "--ttft-ms", "800", "--tpot-ms", "40"
+        gw,
+        "classes",
+        "set",
+        "gold",
+        "--ttft-ms",
+        "800",
+        "--tpot-ms",
+        "40",
+        "--degrade",
+        "prefer_fast",
     )
     assert code == 0
     assert classes["slo_class"] == {
@@ -52,6 +61,7 @@ async def test_admin_cli_drives_the_api(
         "tpot_ms": 40,
         "on_unattainable": "reject",
         "protected": True,
+        "degrade": "prefer_fast",
     }
     code, listed, _ = await _admin(gw, "classes", "list")
     assert "gold" in listed["slo_classes"]

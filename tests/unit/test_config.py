@@ -71,3 +71,22 @@ def test_shipped_example_config_is_valid() -> None:
     config = load_config(example)
     assert config.class_for_model("meta-llama/Llama-3.1-8B-Instruct") == "interactive"
     assert [b.name for b in config.backends] == ["vllm-0", "vllm-1"]
+
+
+@pytest.mark.parametrize(
+    ("variants", "message"),
+    [
+        ([{"model": "m"}], "cannot be a variant of itself"),
+        ([{"model": "v"}, {"model": "v"}], "more than once"),
+    ],
+)
+def test_variants_are_checked(variants: list[dict[str, str]], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        GatewayConfig.model_validate({"models": [{"name": "m", "variants": variants}]})
+
+
+def test_the_degrade_band_must_be_a_band() -> None:
+    with pytest.raises(ValidationError, match="leave_share"):
+        GatewayConfig.model_validate(
+            {"scheduler": {"degrade": {"enter_share": 0.01, "leave_share": 0.05}}}
+        )

@@ -101,3 +101,24 @@ def test_models() -> None:
 def test_entitlements_must_name_known_classes(tenant: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="tenant 'acme'"):
         GatewayConfig.model_validate({**CONFIG.model_dump(), "tenants": {"acme": tenant}})
+
+
+@pytest.mark.parametrize(
+    ("class_degrade", "tenant_degrade", "expected"),
+    [
+        ("prefer_fast", None, "prefer_fast"),  # unset: the class decides
+        ("prefer_fast", "when_unattainable", "when_unattainable"),  # the stricter applies
+        ("when_unattainable", "never", "never"),
+        ("never", "prefer_fast", "never"),  # a tenant cannot loosen its class
+        ("when_unattainable", "prefer_fast", "when_unattainable"),
+    ],
+)
+def test_a_tenant_caps_how_far_its_requests_are_degraded(
+    class_degrade: str, tenant_degrade: str | None, expected: str
+) -> None:
+    config = GatewayConfig.model_validate(
+        {"slo_classes": {"c": {"ttft_ms": 500, "tpot_ms": 50, "degrade": class_degrade}}}
+        | {"default_class": "c"}
+    )
+    entry = TenantConfig.model_validate({"degrade": tenant_degrade})
+    assert tenant_slo(CIMultiDict(), "m", config, "t", entry).degrade == expected
