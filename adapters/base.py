@@ -37,6 +37,7 @@ class EngineLoad:
     waiting: float | None = None
     kv_usage: float | None = None
     kv_capacity_tokens: int | None = None
+    max_loras: int | None = None  # LoRA adapter slots (vLLM's --max-loras)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,16 @@ class EngineAdapter(Protocol):
 
     async def probe(self, timeout_s: float) -> ProbeResult:
         """Health, served models and load, in one round of calls."""
+        ...
+
+    async def load_adapter(self, name: str, path: str, timeout_s: float) -> None:
+        """Load the LoRA adapter at ``path`` as ``name``; raises BackendUnreachable,
+        BackendTimeout, or ValueError for any answer but success."""
+        ...
+
+    async def unload_adapter(self, name: str, timeout_s: float) -> None:
+        """Unload the LoRA adapter ``name``; raises as ``load_adapter`` does (an adapter the
+        engine does not hold counts as unloaded)."""
         ...
 
     async def tokenize(self, model: str, text: str, timeout_s: float) -> int:

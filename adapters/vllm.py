@@ -29,6 +29,7 @@ WAITING = "vllm:num_requests_waiting"
 KV_USAGE = "vllm:kv_cache_usage_perc"
 KV_USAGE_OLD = "vllm:gpu_cache_usage_perc"
 CACHE_INFO = "vllm:cache_config_info"
+LORA_INFO = "vllm:lora_requests_info"
 _SCRAPED = (RUNNING, WAITING, KV_USAGE, KV_USAGE_OLD)
 
 _UNREACHABLE = (
@@ -196,6 +197,37 @@ class VllmAdapter:
             load=load,
         )
 
+    async def load_adapter(self, name: str, path: str, timeout_s: float) -> None:
+        await self._lora_call(
+            "/v1/load_lora_adapter", {"lora_name": name, "lora_path": path}, timeout_s
+        )
+
+    async def unload_adapter(self, name: str, timeout_s: float) -> None:
+        await self._lora_call("/v1/unload_lora_adapter", {"lora_name": name}, timeout_s)
+
+    async def _lora_call(self, path: str, body: dict[str, str], timeout_s: float) -> None:
+        try:
+            async with self._session.post(
+                self._base_url + path,
+                json=body,
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as response:
+                status, text = response.status, await response.text()
+        except TimeoutError as exc:
+            raise BackendTimeout(f"{path}: no answer within {timeout_s:g}s") from exc
+        except _UNREACHABLE as exc:
+            raise BackendUnreachable(f"{path}: {exc}") from exc
+        except aiohttp.ClientError as exc:
+            raise ValueError(f"{path}: {type(exc).__name__}: {exc}") from exc
+        # vLLM answers 404 to an unload of an adapter it does not hold (unloaded already),
+        # and 400 "has already been loaded" to a load of one it holds (loaded already).
+        done = (path.endswith("unload_lora_adapter") and status == 404) or (
+            status == 400 and "already been loaded" in text
+        )
+        if status != 200 and not done:
+            raise ValueError(f"{path} answered {status}: {text[:200]}")
+
     async def tokenize(self, model: str, text: str, timeout_s: float) -> int:
         body = {"model": model, "prompt": text, "add_special_tokens": False}
         try:
@@ -240,9 +272,14 @@ def parse_load(text: str) -> EngineLoad:
         capacity: int | None = int(info["num_gpu_blocks"]) * int(info["block_size"])
     except (KeyError, ValueError):
         capacity = None
+    try:
+        max_loras: int | None = int(first_labels(text, LORA_INFO)["max_lora"])
+    except (KeyError, ValueError):
+        max_loras = None
     return EngineLoad(
         running=sum(running) if running else None,
         waiting=sum(waiting) if waiting else None,
         kv_usage=sum(kv) / len(kv) if kv else None,
         kv_capacity_tokens=capacity,
+        max_loras=max_loras,
     )

@@ -10,7 +10,10 @@ one core, deterministically. The same code serves requests over HTTP in ``sluice
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -20,6 +23,7 @@ from bench.sim.prefix_cache import block_hashes, token_ids
 from bench.sim.profiles import Profile
 from bench.workload import SCORPIO_CLASSES, Planned, Result
 from gateway.config import (
+    AdapterConfig,
     BackendConfig,
     Degrade,
     GatewayConfig,
@@ -54,6 +58,85 @@ class VariantPool:
     rules: PressureRules = field(default_factory=PressureRules)
 
 
+@dataclass(frozen=True, slots=True)
+class AdapterSetup:
+    """LoRA adapters of the model on every engine: ``slots`` held at once per engine (vLLM's
+    --max-loras), a load taking ``load_s``. ``mode``: ``aware`` is the gateway's placement
+    (gateway.lora); ``blind`` places as if every engine held every adapter, and the engine
+    loads on arrival what it lacks (evicting its least recently used idle adapter, or
+    waiting for one to go idle); ``everywhere`` places blind too, and a miss loads the
+    adapter on every engine."""
+
+    names: tuple[str, ...]
+    slots: int
+    load_s: float
+    mode: str = "aware"
+
+
+class _Loads:
+    """The engines' adapter loads in virtual time, kept in the gateway's adapter book (what
+    the gateway would learn from its own loads and the engines' listings)."""
+
+    def __init__(
+        self, fleet: Fleet, setup: AdapterSetup, at: Callable[[float, Callable[[], None]], None]
+    ) -> None:
+        self._fleet, self._setup, self._at = fleet, setup, at
+        self._pending: dict[tuple[str, str], list[Callable[[], None]]] = {}
+        self._blocked: set[tuple[str, str]] = set()  # waiting for a slot to go idle
+        self.loads = 0
+
+    def run(self, backend: str, adapter: str, now: float, then: Callable[[], None]) -> None:
+        """Run ``then`` once ``adapter`` is resident on ``backend``, loading it if need be."""
+        if self._setup.mode == "everywhere" and adapter not in self._fleet[backend].models:
+            for other in self._fleet:
+                if other.name != backend:
+                    self._want(other.name, adapter, now, None)
+        self._want(backend, adapter, now, then)
+
+    def _want(
+        self, backend: str, adapter: str, now: float, then: Callable[[], None] | None
+    ) -> None:
+        key = (backend, adapter)
+        if adapter in self._fleet[backend].models:
+            if then is not None:
+                then()
+            return
+        waiting = self._pending.get(key)
+        if waiting is not None:
+            if then is not None:
+                waiting.append(then)
+            return
+        self._pending[key] = [then] if then is not None else []
+        self._try(key, now)
+
+    def _try(self, key: tuple[str, str], now: float) -> None:
+        backend = key[0]
+        b, book = self._fleet[backend], self._fleet.adapters
+        running = [
+            k for k in self._pending if k[0] == backend and k != key and k not in self._blocked
+        ]
+        if len(book.resident(b)) + len(running) >= book.capacity(b):
+            victim = book.victim(b)
+            if victim is None:
+                self._blocked.add(key)
+                return
+            book.unloaded(b, victim)
+        self._blocked.discard(key)
+        self.loads += 1
+        self._at(now + self._setup.load_s, lambda: self._done(key))
+
+    def _done(self, key: tuple[str, str]) -> None:
+        backend, adapter = key
+        self._fleet.adapters.loaded(self._fleet[backend], adapter, self._setup.load_s)
+        for then in self._pending.pop(key, []):
+            then()
+
+    def retry(self, now: float) -> None:
+        """Adapters may have gone idle: start the loads that waited for a slot."""
+        for key in sorted(self._blocked):
+            self._try(key, now)
+
+
 @dataclass(slots=True)
 class _Live:
     ticket: int
@@ -85,6 +168,7 @@ def run_virtual(
     counters: dict[str, int] | None = None,
     unprotected: frozenset[str] = frozenset(),
     variant: VariantPool | None = None,
+    adapters: AdapterSetup | None = None,
 ) -> list[Result]:
     """Serve ``items`` on ``backends`` engines named b0, b1, ...; ``instances`` places them in
     macro instances (backend -> instance, place in its cycle) for rolling activation;
@@ -94,7 +178,8 @@ def run_virtual(
     ``report_cached``; without it neither caches (the earlier benchmarks' engine).
     ``counters``, when given, gets the engines' prefix-cache counters summed; classes in
     ``unprotected`` may be overtaken once admitted (``SloClass.protected``); ``variant`` adds
-    a pool of a cheaper variant that requests may be degraded to."""
+    a pool of a cheaper variant that requests may be degraded to; ``adapters`` gives every
+    engine LoRA adapter slots, and items naming an adapter ask for it."""
     now = [0.0]
 
     def clock() -> float:
@@ -107,6 +192,9 @@ def run_virtual(
             for i in range(variant.backends)
         ]
     profiles = {name: engine for name, _, engine, _ in pools}
+    if adapters is not None:
+        scheduler = scheduler.model_copy(update={"adapter_aware": adapters.mode == "aware"})
+    slots = {"max_loras": adapters.slots} if adapters is not None else {}
     fleet = Fleet(
         [
             Backend.create(
@@ -116,6 +204,7 @@ def run_virtual(
                         "url": "http://127.0.0.1:9",
                         "max_in_flight": max_in_flight,
                         "models": [model],
+                        **slots,
                     }
                 ),
                 cast(EngineAdapter, None),  # never called: the engine below stands in
@@ -125,11 +214,25 @@ def run_virtual(
         ],
         unhealthy_after=2,
         probe_timeout_s=1.0,
+        clock=clock,
     )
     for backend in fleet:
         backend.healthy = True
         backend.discovered = frozenset(backend.config.models)
         backend.load = EngineLoad(kv_capacity_tokens=profiles[backend.name].kv_tokens)
+    timers: list[tuple[float, int, Callable[[], None]]] = []
+    if adapters is not None:
+        fleet.adapters.config = {
+            name: AdapterConfig(base=MODEL, path=f"/lora/{name}", load_ms=adapters.load_s * 1000)
+            for name in adapters.names
+        }
+        fleet.adapters.aware = adapters.mode == "aware"
+    counter = itertools.count()
+    loads = (
+        _Loads(fleet, adapters, lambda at, then: heapq.heappush(timers, (at, next(counter), then)))
+        if adapters is not None
+        else None
+    )
     queue = Scheduler(fleet, make_policy(scheduler), clock=clock)
     routes: tuple[Route, ...] = ()
     if variant is not None:
@@ -211,18 +314,35 @@ def run_virtual(
                 if prefix_caching
                 else ()
             )
-            sim = engines[placement.backend].submit(
-                item.sample.prompt_tokens,
-                true_output,
-                placement.priority or 0,
-                stream=False,
-                now=now[0],
-                block_hashes=blocks,
-            )
-            live[(placement.backend, sim.id)] = _Live(
-                ticket, placement.backend, inflight, item, arrival, sim, placement.model or MODEL
-            )
-            start_step(placement.backend)
+            served = placement.model or MODEL
+
+            def send(
+                placement: Placement = placement,
+                item: Planned = item,
+                inflight: InFlight = inflight,
+                arrival: float = arrival,
+                ticket: int = ticket,
+                true_output: int = true_output,
+                blocks: tuple[int, ...] = blocks,
+                served: str = served,
+            ) -> None:
+                sim = engines[placement.backend].submit(
+                    item.sample.prompt_tokens,
+                    true_output,
+                    placement.priority or 0,
+                    stream=False,
+                    now=now[0],
+                    block_hashes=blocks,
+                )
+                live[(placement.backend, sim.id)] = _Live(
+                    ticket, placement.backend, inflight, item, arrival, sim, served
+                )
+                start_step(placement.backend)
+
+            if loads is not None and fleet.adapters.is_adapter(served):
+                loads.run(placement.backend, served, now[0], send)
+            else:
+                send()
 
     def arrive(item: Planned) -> None:
         ttft_ms, tpot_ms = SCORPIO_CLASSES[item.slo_class]
@@ -240,7 +360,8 @@ def run_virtual(
         )
         expected = estimate(body, lengths, scheduler.output_quantile)
         prefix = chunk_hashes(prompt_text(body)) if queue.prefix is not None else ()
-        wanted = demand(MODEL, now[0], slo, expected, item.tenant, prefix, None, routes)
+        model = item.adapter or MODEL
+        wanted = demand(model, now[0], slo, expected, item.tenant, prefix, None, routes)
         ticket, future = queue.submit(wanted, loop)
         pending[ticket] = (item, now[0], future)
 
@@ -248,8 +369,10 @@ def run_virtual(
     index = 0
     tick = scheduler.tick_ms / 1000
     next_tick = tick
-    while index < len(arrivals) or pending or steps:
+    while index < len(arrivals) or pending or steps or timers:
         candidates = [t for t, _ in steps.values()]
+        if timers:
+            candidates.append(timers[0][0])
         if index < len(arrivals):
             candidates.append(arrivals[index].at)
         if pending:
@@ -260,6 +383,8 @@ def run_virtual(
         if index < len(arrivals) and arrivals[index].at <= now[0]:
             arrive(arrivals[index])
             index += 1
+        while timers and timers[0][0] <= now[0]:
+            heapq.heappop(timers)[2]()
         for name, (end, step) in sorted(steps.items()):
             if end <= now[0]:
                 del steps[name]
@@ -292,6 +417,8 @@ def run_virtual(
             )
         if finished:
             finished.clear()
+            if loads is not None:
+                loads.retry(now[0])
             queue.schedule()
         if now[0] >= next_tick:
             queue.schedule()
@@ -303,6 +430,7 @@ def run_virtual(
     if counters is not None:
         counters["prefix_queries"] = sum(e.counters.prefix_queries for e in engines.values())
         counters["prefix_hits"] = sum(e.counters.prefix_hits for e in engines.values())
+        counters["adapter_loads"] = loads.loads if loads is not None else 0
     assert not live, f"{len(live)} requests never finished"
     assert math.isfinite(now[0])
     return results

@@ -57,6 +57,7 @@ class Planned:
     slo_class: str
     max_tokens: int
     tenant: str | None = None
+    adapter: str | None = None  # the LoRA adapter it asks for, if any
 
 
 @dataclass(slots=True)

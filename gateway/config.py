@@ -151,6 +151,19 @@ class SchedulerConfig(_Frozen):
         description="Placement: how much a cached share of the prompt weighs against the "
         "share of its budgets a request would use.",
     )
+    adapter_aware: bool = Field(
+        default=True,
+        description="Place LoRA adapters' requests where the adapter is loaded, and count a "
+        "load's time in the TTFT guard where it must be loaded (false: any backend of the base "
+        "model, loading there on arrival, uncounted).",
+    )
+    adapter_weight: float = Field(
+        default=1.0,
+        ge=0,
+        le=10,
+        description="Placement: how much having to load a request's adapter weighs against "
+        "the share of its budgets it would use.",
+    )
     session_weight: float = Field(
         default=0.2,
         ge=0,
@@ -187,6 +200,19 @@ class VariantConfig(_Frozen):
     backends serve, and optionally the one pool of backends to use for it."""
 
     model: Name
+    pool: Name | None = None
+
+
+class AdapterConfig(_Frozen):
+    """A LoRA adapter of ``base`` that the gateway loads where it is needed
+    (``/v1/load_lora_adapter``): ``path`` is its ``lora_path`` as the servers see it;
+    ``load_ms`` the time a load is expected to take until loads have been measured. ``pool``,
+    when set, pins it to that pool: it is loaded only on the pool's backends and never
+    evicted from them."""
+
+    base: Name
+    path: str = Field(min_length=1, max_length=4096)
+    load_ms: float = Field(default=1000.0, gt=0, le=600_000)
     pool: Name | None = None
 
 
@@ -234,6 +260,13 @@ class BackendConfig(_Frozen):
     )
     kv_capacity_tokens: int | None = Field(
         default=None, ge=1, description="KV-cache size; read from vLLM's metrics when unset."
+    )
+    max_loras: int | None = Field(
+        default=None,
+        ge=0,
+        le=1024,
+        description="LoRA adapters it holds at once (vLLM's --max-loras); read from its "
+        "metrics when unset; 0: the gateway loads none there.",
     )
     latency_prior: LatencyPrior | None = None
 
@@ -302,6 +335,11 @@ class GatewayConfig(_Frozen):
     )
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     latency_prior: LatencyPrior = Field(default_factory=LatencyPrior)
+    adapters: dict[Name, AdapterConfig] = Field(
+        default_factory=dict,
+        max_length=100_000,
+        description="LoRA adapters the gateway loads where needed, by the name requests use.",
+    )
     tenants: dict[Name, TenantConfig] = Field(
         default_factory=dict,
         max_length=10_000,
@@ -326,6 +364,9 @@ class GatewayConfig(_Frozen):
             allowed = tenant.classes
             if allowed is not None and tenant.default_class not in (None, *allowed):
                 raise ValueError(f"tenant {name!r}: default_class is not among its classes")
+        for name, adapter in self.adapters.items():
+            if name == adapter.base:
+                raise ValueError(f"adapter {name!r} cannot be its own base model")
         names = [b.name for b in self.backends]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

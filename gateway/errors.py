@@ -137,6 +137,12 @@ class PoolNotFound(SluiceError):
     code = "pool_not_found"
 
 
+class AdapterNotFound(SluiceError):
+    status = 404
+    error_type = "invalid_request_error"
+    code = "adapter_not_found"
+
+
 class ClassInUse(SluiceError):
     status = 409
     error_type = "conflict"

@@ -14,6 +14,7 @@ import aiohttp
 from adapters.base import EngineAdapter, EngineLoad
 from adapters.vllm import VllmAdapter
 from gateway.config import BackendConfig, LatencyPrior
+from gateway.lora import AdapterBook
 from gateway.outliers import OutlierRules, OutlierState, may_eject
 from gateway.scheduling.latency import ItlModel, ItlParams, PrefillModel, PrefillParams
 from gateway.scheduling.snapshot import BackendView, Demand, InFlightView, RollingView
@@ -36,6 +37,7 @@ class InFlight:
     pending_at_dispatch: int  # prompt tokens awaiting prefill there at dispatch, its own too
     tenant: str | None = None
     cached_tokens: int = 0  # of its prompt, expected in the backend's prefix cache
+    model: str = ""  # the model (or LoRA adapter) it was sent for
     first_token_at: float | None = None
     last_token_at: float | None = None
     tokens: int = 0
@@ -166,6 +168,17 @@ class Backend:
     def serves(self, model: str) -> bool:
         return model in self.models
 
+    def add_card(self, card: Mapping[str, Any]) -> None:
+        """A model (a LoRA adapter) it was made to serve since its last listing."""
+        name = str(card["id"])
+        self.model_cards = (*(c for c in self.model_cards if c.get("id") != name), card)
+        self.discovered = (self.discovered or frozenset()) | {name}
+
+    def drop_card(self, name: str) -> None:
+        self.model_cards = tuple(c for c in self.model_cards if c.get("id") != name)
+        if self.discovered is not None:
+            self.discovered = self.discovered - {name}
+
     def context_limit(self, model: str) -> int | None:
         lengths = [
             card["max_model_len"]
@@ -211,6 +224,7 @@ class Fleet:
         self.on_change = on_change
         self._clock = clock
         self._returns: set[asyncio.Task[None]] = set()
+        self.adapters = AdapterBook(clock)  # LoRA adapters: where each is, loads
 
     def __iter__(self) -> Iterator[Backend]:
         return iter(self._backends.values())
@@ -219,9 +233,11 @@ class Fleet:
         return self._backends[name]
 
     def known_models(self) -> frozenset[str]:
+        """What the backends serve, and the configured adapters of those models."""
         models: set[str] = set()
         for backend in self._backends.values():
             models |= backend.models
+        models.update(a for a, entry in self.adapters.config.items() if entry.base in models)
         return frozenset(models)
 
     def healthy_for(self, model: str) -> list[Backend]:
@@ -293,8 +309,12 @@ class Fleet:
         self,
         peer_load: Callable[[str], LoadTotals],
         rolling: Callable[[str], RollingView | None],
+        wanted: frozenset[str] = frozenset(),
     ) -> list[BackendView]:
-        """Every backend as the policy sees it, with what is in flight there."""
+        """Every backend as the policy sees it, with what is in flight there, and how soon
+        each ``wanted`` adapter it lacks could serve there (``gateway.lora``)."""
+        book, now = self.adapters, self._clock()
+        adapters = [m for m in wanted if book.is_adapter(m)]
         return [
             BackendView(
                 b.name,
@@ -323,12 +343,18 @@ class Fleet:
                 peer_load(b.name),
                 rolling(b.name),
                 b.config.pool_name,
+                book.loadable(b, adapters, b.models, now) if adapters else {},
+                book.evicts(b) if adapters else None,
             )
             for b in self
         ]
 
     def serves(self, model: str, excluded: frozenset[str]) -> bool:
-        """Some backend not excluded is meant to serve ``model`` (ready or not yet)."""
+        """Some backend not excluded is meant to serve ``model`` (ready or not yet), or its
+        base model when it is a configured adapter."""
+        entry = self.adapters.config.get(model)
+        if entry is not None and any(b.name not in excluded for b in self.expected_for(entry.base)):
+            return True
         return any(b.name not in excluded for b in self.expected_for(model))
 
     def capacities(self) -> list[tuple[str, int | None]]:
@@ -348,8 +374,10 @@ class Fleet:
             pending_at_dispatch=backend.pending_prefill() + demand.prompt_tokens - cached,
             tenant=demand.tenant,
             cached_tokens=cached,
+            model=demand.model,
         )
         backend.inflight[ticket] = request
+        self.adapters.seated(backend, demand.model, now)
         return Seat(backend, request)
 
     def unseat(self, seat: Seat) -> InFlight | None:
@@ -358,6 +386,8 @@ class Fleet:
         backend = seat.backend
         request = backend.inflight.get(seat.request.ticket)
         backend.remove(seat.request.ticket)
+        if request is not None:
+            self.adapters.unseated(backend, request.model)
         if backend.draining:
             self.prune()
         return request
@@ -370,6 +400,7 @@ class Fleet:
         for name, backend in list(self._backends.items()):
             if backend.draining and not backend.inflight:
                 del self._backends[name]
+        self.adapters.forget(self._backends)
 
     def mark_unreachable(self, name: str, reason: str) -> None:
         """A request found the backend down: stop routing there until a probe says otherwise."""

@@ -165,8 +165,17 @@ class Proxy:
             lease.backend,
             attempt,
         )
-        record.served_model = lease.model or record.model
+        record.served_model = served = lease.model or record.model
         backend = slot.backend
+        adapters = self._fleet.adapters
+        # Placed to load its LoRA adapter there (the guard counted the load's time): load it.
+        if (
+            not backend.serves(served)
+            and adapters.is_adapter(served)
+            and not await adapters.ensure(backend, served, self._timeouts.first_byte_s)
+        ):
+            slot.served = False
+            return None
         self._metrics.admitted.labels(record.model, record.slo.class_name).inc()
         body = call.body
         if record.served_model != record.model:  # degraded: the variant's name goes upstream

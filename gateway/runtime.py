@@ -81,6 +81,7 @@ def make_policy(config: SchedulerConfig) -> Policy:
         overrun=config.overrun_share,
         prefix_weight=config.prefix_weight,
         session_weight=config.session_weight,
+        adapter_weight=config.adapter_weight if config.adapter_aware else 0.0,
     )
 
 
@@ -179,6 +180,8 @@ class Runtime:
         scheduler.fair = fair_share(self.config)
         scheduler.prefix = prefix_index(self.config)
         scheduler.pressure = pressure(self.config)
+        fleet.adapters.config = self.config.adapters
+        fleet.adapters.aware = self.config.scheduler.adapter_aware
         fleet.on_change = scheduler.schedule
         metrics = GatewayMetrics(fleet, scheduler.queue_depths)
         metrics.watch_config(lambda: self.config)
@@ -336,6 +339,8 @@ class Runtime:
         services.scheduler.fair = fair_share(config, services.scheduler.fair)
         services.scheduler.prefix = prefix_index(config, services.scheduler.prefix)
         services.scheduler.pressure = pressure(config, services.scheduler.pressure)
+        services.fleet.adapters.config = config.adapters
+        services.fleet.adapters.aware = config.scheduler.adapter_aware
         added = services.fleet.reconcile(
             config.backends, lambda cfg: self._build_backend(services.session, cfg)
         )

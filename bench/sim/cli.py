@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="like vLLM's flag: usage.prompt_tokens_details.cached_tokens in replies",
     )
+    parser.add_argument(
+        "--max-loras", type=int, default=None, help="like vLLM's flag: LoRA adapters held at once"
+    )
+    parser.add_argument(
+        "--lora-load-s", type=float, default=0.0, help="seconds a LoRA adapter's load takes"
+    )
     parser.add_argument("--max-model-len", type=int, default=None, help="default: profile's")
     parser.add_argument(
         "--max-num-seqs", type=int, default=None, help="like vLLM's flag; default: profile's"
@@ -99,6 +105,8 @@ async def _run(args: argparse.Namespace) -> None:
         max_queued=args.max_queued,
         prefix_caching=args.prefix_caching,
         prompt_tokens_details=args.enable_prompt_tokens_details,
+        max_loras=args.max_loras,
+        lora_load_s=args.lora_load_s,
     )
     # One JSON line, so that a parent process learns the ports.
     print(

@@ -50,6 +50,8 @@ async def start_fleet(
     max_queued: int | None = None,
     prefix_caching: bool = True,
     prompt_tokens_details: bool = False,
+    max_loras: int | None = None,
+    lora_load_s: float = 0.0,
 ) -> list[RunningSim]:
     """One server per profile, seeded apart; ports base_port, base_port+1, ... (0: free ports).
 
@@ -66,6 +68,8 @@ async def start_fleet(
             max_queued=max_queued,
             prefix_caching=prefix_caching,
             prompt_tokens_details=prompt_tokens_details,
+            max_loras=max_loras,
+            lora_load_s=lora_load_s,
         )
         port = base_port + index if base_port else 0
         running.append(await start_sim(server, host, port))

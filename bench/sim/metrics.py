@@ -77,7 +77,7 @@ _E2E = (
 
 
 class VllmMetrics:
-    def __init__(self, engine: Engine, model: str) -> None:
+    def __init__(self, engine: Engine, model: str, max_loras: int | None = None) -> None:
         self.registry = CollectorRegistry()
         self._engine = engine
         labels = {"engine": "0", "model_name": model}
@@ -109,6 +109,14 @@ class VllmMetrics:
         self.cache_info.labels(
             "0", str(engine.profile.block_size), str(engine.profile.kv_blocks)
         ).set(1)
+        if max_loras is not None:  # as vLLM with --enable-lora: the slots in a label
+            self.lora_info = Gauge(
+                "vllm:lora_requests_info",
+                "Running stats on lora requests.",
+                ["max_lora", "running_lora_adapters", "waiting_lora_adapters"],
+                registry=r,
+            )
+            self.lora_info.labels(str(max_loras), "", "").set(1)
         self.prompt_tokens = Counter(
             "vllm:prompt_tokens", "Prefill tokens processed", names, registry=r
         )

@@ -96,8 +96,12 @@ class SimServer:
         max_queued: int | None = None,
         prefix_caching: bool = True,
         prompt_tokens_details: bool = False,
+        max_loras: int | None = None,
+        lora_load_s: float = 0.0,
     ) -> None:
         self.profile = profile
+        self.max_loras = max_loras  # adapters held at once; None: no limit, no LoRA metric
+        self.lora_load_s = lora_load_s  # how long a load takes
         self.model = model
         self.prompt_tokens_details = prompt_tokens_details  # vLLM's flag of that name
         self.lengths = lengths or LengthTable()
@@ -109,13 +113,15 @@ class SimServer:
             max_queued=max_queued,
             prefix_caching=prefix_caching,
         )
-        self.metrics = VllmMetrics(self.engine, model)
+        self.metrics = VllmMetrics(self.engine, model, max_loras)
         self.engine.on_token = self.metrics.on_token
         self.engine.on_finish = self.metrics.on_finish
         self.faults = Faults()
         self.received: list[dict[str, Any]] = []
         self.received_headers: list[dict[str, str]] = []
         self.adapters: dict[str, str] = {}
+        self.lora_loads = self.lora_unloads = self.lora_refused = 0
+        self._loading: set[str] = set()
         self._rng = random.Random(seed + 7919)
         self._engine_task: asyncio.Task[None] | None = None
 
@@ -133,6 +139,7 @@ class SimServer:
         router.add_post("/tokenize", self._tokenize)
         router.add_post("/detokenize", self._detokenize)
         router.add_post("/v1/load_lora_adapter", self._load_lora)
+        router.add_post("/v1/unload_lora_adapter", self._unload_lora)
         router.add_post("/sim/faults", self._set_faults)
         router.add_get("/sim/stats", self._stats)
         return app
@@ -221,12 +228,37 @@ class SimServer:
         name, path = body.get("lora_name"), body.get("lora_path")
         if not isinstance(name, str) or not isinstance(path, str):
             return vllm_error("lora_name and lora_path are required", "BadRequestError", 400)
-        if name in self.adapters:
+        if name in self.adapters or name in self._loading:
             return vllm_error(
                 f"The lora adapter '{name}' has already been loaded.", "BadRequestError", 400
             )
+        if self.max_loras is not None and len(self.adapters) + len(self._loading) >= self.max_loras:
+            self.lora_refused += 1
+            return vllm_error(
+                f"no free LoRA slot: {self.max_loras} adapters are loaded (max_loras)",
+                "BadRequestError",
+                400,
+            )
+        self._loading.add(name)  # its slot is taken now; it serves once loaded
+        try:
+            await asyncio.sleep(self.lora_load_s)
+        finally:
+            self._loading.discard(name)
         self.adapters[name] = path
+        self.lora_loads += 1
         return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
+
+    async def _unload_lora(self, request: web.Request) -> web.Response:
+        body = await _json_object(request) or {}
+        name = body.get("lora_name")
+        if not isinstance(name, str):
+            return vllm_error("lora_name is required", "BadRequestError", 400)
+        if self.adapters.pop(name, None) is None:
+            return vllm_error(
+                f"The lora adapter '{name}' cannot be found.", "NotFoundError", 404, "lora_name"
+            )
+        self.lora_unloads += 1
+        return web.Response(text=f"Success: LoRA adapter '{name}' removed successfully.")
 
     async def _set_faults(self, request: web.Request) -> web.Response:
         self.faults = Faults(**(await request.json()))

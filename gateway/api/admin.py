@@ -9,6 +9,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.api import (
+    admin_adapters,
     admin_config,
     admin_keys,
     admin_pools,
@@ -45,6 +46,7 @@ async def admin_auth(request: web.Request, handler: Handler) -> web.StreamRespon
 ROUTES: list[tuple[str, str, Any]] = [
     *admin_config.ROUTES,
     *admin_pools.ROUTES,
+    *admin_adapters.ROUTES,
     *admin_keys.ROUTES,
     *admin_tenants.ROUTES,
     ("GET", "/admin/stats", stats),

@@ -15,7 +15,14 @@ from pydantic.json_schema import models_json_schema
 
 from gateway.api.admin_config import BackendPatch
 from gateway.api.admin_keys import NewKey, Rotation
-from gateway.config import BackendConfig, GatewayConfig, PoolConfig, SloClass, TenantConfig
+from gateway.config import (
+    AdapterConfig,
+    BackendConfig,
+    GatewayConfig,
+    PoolConfig,
+    SloClass,
+    TenantConfig,
+)
 
 _REF = "#/components/schemas/{model}"
 
@@ -106,6 +113,31 @@ _OPERATIONS: dict[tuple[str, str], tuple[str, dict[str, Any] | None, dict[int, s
         "Drop a pool's settings; its backends stay, under the default bounds",
         None,
         {200: "Removed", 404: "No settings for that pool", 503: "Shared state away"},
+    ),
+    ("get", "/admin/adapters"): (
+        "LoRA adapters the gateway may load, where each is resident or loading",
+        None,
+        {200: "Adapters"},
+    ),
+    ("put", "/admin/adapters/{name}"): (
+        "Create or replace an adapter: its base model, path, expected load time, pool",
+        _schema(AdapterConfig),
+        {200: "Replaced", 201: "Created", 400: "Invalid adapter", 503: "Shared state away"},
+    ),
+    ("delete", "/admin/adapters/{name}"): (
+        "Forget an adapter: the gateway loads it no more",
+        None,
+        {200: "Removed", 404: "No such adapter", 503: "Shared state away"},
+    ),
+    ("put", "/admin/adapters/{name}/pin"): (
+        "Pin an adapter to a pool: loaded only there, never evicted there",
+        {"type": "object", "properties": {"pool": {"type": "string"}}, "required": ["pool"]},
+        {200: "Pinned", 400: "Invalid body", 404: "No such adapter", 503: "Shared state away"},
+    ),
+    ("delete", "/admin/adapters/{name}/pin"): (
+        "Unpin an adapter: it may be loaded on any backend of its base model",
+        None,
+        {200: "Unpinned", 404: "No such adapter", 503: "Shared state away"},
     ),
     ("get", "/admin/stats"): (
         "Queues, per-backend load and latency-model estimates",
@@ -223,6 +255,7 @@ def document() -> dict[str, Any]:
                 BackendPatch,
                 SloClass,
                 PoolConfig,
+                AdapterConfig,
                 NewKey,
                 Rotation,
                 TenantConfig,

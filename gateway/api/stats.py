@@ -51,6 +51,7 @@ def backend_stats(request: web.Request) -> list[dict[str, Any]]:
                     "prefill": {**asdict(b.prefill.params), "observations": b.prefill.observations},
                     "itl": {**asdict(b.itl.params), "observations": b.itl.observations},
                 },
+                "adapters": services.fleet.adapters.state(b),
                 "last_error": b.last_error,
                 "outlier": _outlier(b.outlier, now),
             }

@@ -107,6 +107,13 @@ def predicted_prefill(load: BackendLoad, prompt_tokens: int) -> float:
     return params.predict(load.pending_prefill + prompt_tokens)
 
 
+def first_token_in(load: BackendLoad, w: WaitingView) -> float:
+    """Predicted time to ``w``'s first token there if sent now: its LoRA adapter's load, if
+    it must be loaded there, then prefill after what is pending."""
+    name = load.view.name
+    return load.view.loadable.get(w.model, 0.0) + predicted_prefill(load, w.prefill_on(name))
+
+
 def admit(load: BackendLoad, w: WaitingView, *, epsilon: float, margin: float) -> Verdict:
     """VBS admission of ``w`` to one backend: the in-flight bound, the KV fit, and
     eps * ITL(N + 1, L') <= margin * min TPOT over (in flight and w)."""
@@ -141,7 +148,7 @@ def placement_cost(
     that the batch's ITL takes once it joins. Lower is better; ties go to the backend that
     has been sent the fewest requests."""
     budget = max(w.deadline - now, 1e-3)
-    ttft_share = predicted_prefill(load, w.prefill_on(load.view.name)) / budget
+    ttft_share = first_token_in(load, w) / budget
     tpot_share = 0.0
     view = load.view
     if view.itl is not None:
@@ -266,7 +273,7 @@ def per_model(
             load
             for load in loads.values()
             if load.view.healthy
-            and model in load.view.models
+            and load.view.offers(model)
             and (pool is None or load.view.pool == pool)
         ]
         if not serving:
@@ -329,6 +336,7 @@ def ttft_walk(
                 continue
             params = load.view.prefill
             seconds = 0.0 if params is None else params.predict(pending[name] + w.prefill_on(name))
+            seconds += load.view.loadable.get(w.model, 0.0)  # its adapter's load, if any
             if seconds < prefill:
                 best, prefill = load, seconds
         if best is None:

@@ -1,13 +1,14 @@
 """Where one request goes, once the queue-level guards let it through: filters, then weighted
 scorers, then a pick.
 
-- filters: the backend serves the model (in the pool asked for, if any), is healthy and not
-  excluded (``eligible``); then
+- filters: the backend serves the model (or could load its LoRA adapter; in the pool asked
+  for, if any), is healthy and not excluded (``eligible``); then
   admission, VBS with the KV fit or the in-flight bound alone (``verdicts``), whose verdicts
   the policy also reads to decide whether the request waits;
 - scorers: each a small function of one backend's load and the request, lower is better,
   weighed and summed by a ``Scored`` picker: the share of its budgets it would use, the share
-  of its prompt cached there, its session's last backend;
+  of its prompt cached there, its session's last backend, whether its LoRA adapter must be
+  loaded there first;
 - pickers: ``Scored`` (the lowest weighted score; ties by the summed budget shares, then the
   backend sent the fewest requests, then name), or rolling activation inside macro instances
   (``Rolling``), which may also say "wait".
@@ -39,7 +40,7 @@ def eligible(loads: Iterable[BackendLoad], w: WaitingView) -> list[BackendLoad]:
         load
         for load in loads
         if load.view.healthy
-        and w.model in load.view.models
+        and load.view.offers(w.model)
         and load.view.name not in w.excluded
         and (w.demand.pool is None or load.view.pool == w.demand.pool)
     ]
@@ -67,6 +68,11 @@ def budget_used(load: BackendLoad, w: WaitingView, ctx: Context) -> float:
 def prefix_hit(load: BackendLoad, w: WaitingView, ctx: Context) -> float:
     """Minus the share of its prompt expected in the backend's prefix cache."""
     return -prefix_share(load, w)
+
+
+def adapter_load(load: BackendLoad, w: WaitingView, ctx: Context) -> float:
+    """One where the request's LoRA adapter must first be loaded."""
+    return 1.0 if w.model in load.view.loadable else 0.0
 
 
 def session_affinity(load: BackendLoad, w: WaitingView, ctx: Context) -> float:

@@ -12,9 +12,9 @@ from gateway.scheduling.guards import (
     Verdict,
     credit_after_pass,
     fifo_key,
+    first_token_in,
     ldf_key,
     never_fits,
-    predicted_prefill,
     priority_tier,
     tightness,
     total_headroom,
@@ -25,6 +25,7 @@ from gateway.scheduling.placement import (
     Picker,
     Rolling,
     Scored,
+    adapter_load,
     budget_used,
     eligible,
     prefix_hit,
@@ -52,7 +53,7 @@ def least_loaded(
             b
             for b in backends
             if b.healthy
-            and request.model in b.models
+            and b.offers(request.model)
             and b.name not in request.excluded
             and load[b.name] < b.max_in_flight
         ]
@@ -86,6 +87,7 @@ class SloPolicy:
     overrun: float = 0.3
     prefix_weight: float = 0.5
     session_weight: float = 0.2
+    adapter_weight: float = 1.0
 
     def __call__(
         self, waiting: Sequence[WaitingView], backends: Sequence[BackendView], now: float
@@ -131,6 +133,7 @@ class SloPolicy:
         credits: dict[int, float] = {}
         blocked: set[str] = set()
         held: dict[str, int] = {}  # model -> the fewest slots to leave that held a request
+        loading_at: dict[str, str] = {}  # adapter -> the backend placed to load it this pass
         models = {w.model for w in ordered}
         instances = cycles(loads.values()) if self.rolling else None
         picker = self._picker(instances)
@@ -142,6 +145,8 @@ class SloPolicy:
             if w.model in blocked:
                 continue
             candidates = eligible(loads.values(), w)
+            if loading_at:
+                candidates = [c for c in candidates if self._may_load(w, c, loading_at)]
             if not candidates:
                 if w.deadline <= now and w.rejectable:
                     # Held through a cold start (or after failures) until its deadline.
@@ -164,6 +169,8 @@ class SloPolicy:
                     blocked.add(w.model)  # no instance's check passes: it waits, in LDF order
                     continue
                 best.add(w)
+                if w.model in best.view.loadable:
+                    loading_at.setdefault(w.model, best.view.name)
                 placements.append(Placement(w.ticket, best.view.name, priority_tier(trp)))
                 if self.credits:
                     credits[w.ticket] = credits[w.ticket] - 1.0
@@ -203,6 +210,7 @@ class SloPolicy:
                 (1.0, budget_used),
                 (self.prefix_weight, prefix_hit),
                 (self.session_weight, session_affinity),
+                (self.adapter_weight, adapter_load),
             )
         )
 
@@ -242,7 +250,19 @@ class SloPolicy:
         held[w.model] = w.leave_slots
         return True
 
+    @staticmethod
+    def _may_load(w: WaitingView, load: BackendLoad, loading_at: dict[str, str]) -> bool:
+        """What this pass's adapter loads leave open: one load of an adapter at a time, one
+        load per backend, and no request for an adapter a load there evicts."""
+        name = load.view.name
+        if w.model in load.view.loadable:
+            if w.model in loading_at:
+                return loading_at[w.model] == name
+            return name not in loading_at.values()
+        evicted = load.view.evicts
+        return not (evicted == w.model and name in loading_at.values())
+
     def _urgent(self, w: WaitingView, candidates: list[BackendLoad], now: float) -> bool:
         """The TTFT guard's override: a request whose deadline is near is eligible at once."""
-        prefill = min(predicted_prefill(load, w.prefill_on(load.view.name)) for load in candidates)
+        prefill = min(first_token_in(load, w) for load in candidates)
         return w.deadline - now - prefill < self.urgent_s

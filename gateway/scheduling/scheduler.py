@@ -90,7 +90,10 @@ class Seats(Protocol[S]):
         self,
         peer_load: Callable[[str], LoadTotals],
         rolling: Callable[[str], RollingView | None],
-    ) -> list[BackendView]: ...
+        wanted: frozenset[str] = frozenset(),
+    ) -> list[BackendView]:
+        """``wanted``: the models waiting requests ask for (LoRA adapters among them)."""
+        ...
 
     def serves(self, model: str, excluded: frozenset[str]) -> bool:
         """Some backend not excluded is meant to serve ``model``."""
@@ -251,7 +254,8 @@ class Scheduler(Generic[S]):
         self._rank(self._clock() if now is None else now)
         self._look_up_prefixes()
         waiting = [t.view() for t in self._waiting.values()]
-        backends = self._fleet.views(self.peer_load, self._rolling)
+        wanted = frozenset(t.demand.model for t in self._waiting.values())
+        backends = self._fleet.views(self.peer_load, self._rolling, wanted)
         return waiting, backends
 
     def _look_up_prefixes(self) -> None:

@@ -78,6 +78,14 @@ class BackendView:
     peers: LoadTotals = NO_PEERS  # other gateway replicas' requests in flight there
     rolling: RollingView | None = None  # its macro instance and activation, when it has one
     pool: str = "default"
+    # LoRA adapter -> seconds until it could serve here, for waiting requests' adapters it
+    # does not hold but could load (or is loading): gateway.lora
+    loadable: Mapping[str, float] = field(default_factory=dict)
+    evicts: str | None = None  # the adapter a load here would evict (its slots are full)
+
+    def offers(self, model: str) -> bool:
+        """It serves ``model``, or could once it loads that adapter."""
+        return model in self.models or model in self.loadable
 
     @property
     def total_in_flight(self) -> int:
