@@ -110,17 +110,24 @@ class _Loads:
         self._try(key, now)
 
     def _try(self, key: tuple[str, str], now: float) -> None:
-        backend = key[0]
+        backend, adapter = key
         b, book = self._fleet[backend], self._fleet.adapters
-        running = [
-            k for k in self._pending if k[0] == backend and k != key and k not in self._blocked
-        ]
-        if len(book.resident(b)) + len(running) >= book.capacity(b):
-            victim = book.victim(b)
-            if victim is None:
+        slots = book.slots(b)
+        chosen = slots.evicting.get(adapter)  # the gateway's victim (aware placement)
+        if chosen is not None:
+            if slots.in_use[chosen]:  # its requests there end first
                 self._blocked.add(key)
                 return
-            book.unloaded(b, victim)
+        else:
+            running = [
+                k for k in self._pending if k[0] == backend and k != key and k not in self._blocked
+            ]
+            if len(book.resident(b)) + len(running) >= book.capacity(b):
+                victim = book.victim(b)
+                if victim is None:  # every slot busy: wait for an adapter to go idle
+                    self._blocked.add(key)
+                    return
+                book.unloaded(b, victim)
         self._blocked.discard(key)
         self.loads += 1
         self._at(now + self._setup.load_s, lambda: self._done(key))

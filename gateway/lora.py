@@ -6,10 +6,13 @@ What is resident comes from each backend's ``/v1/models`` (adapters are listed w
 config, else vLLM's ``vllm:lora_requests_info``). For placement the book tells, per backend,
 how long until an adapter it lacks could serve there (``loadable``): the load's time (the
 mean of measured loads, the configured ``load_ms`` before any), or what is left of a load in
-progress. An adapter is loaded on one backend at a time across the fleet (a second copy only
-once the first is resident, when that backend cannot take more), only where a slot is free
-or an idle adapter can be evicted (least recently used among those the config names, never
-one pinned to the backend's pool), and only in its pool when it is pinned to one.
+progress. An adapter is loaded on one backend at a time
+across the fleet (a second copy only once the first is resident, when that backend cannot
+take more), and only in its pool when it is pinned to one, where a slot is free or can be
+freed: the victim is the least recently used idle adapter of those the config names (never
+one it does not know, nor one pinned to the backend's pool); it takes no new requests there
+from the moment a load is placed after it. With every slot busy, a request for an adapter
+held nowhere waits, within its TTFT budget, for one to go idle.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class AdapterSlots:
     loading: dict[str, float] = field(default_factory=dict)  # adapter -> predicted end
     evicting: dict[str, str] = field(default_factory=dict)  # adapter loading -> its victim
     in_use: Counter[str] = field(default_factory=Counter)  # adapter -> requests in flight
+    idle: dict[str, asyncio.Event] = field(default_factory=dict)  # set when in_use reaches 0
 
 
 class AdapterBook:
@@ -104,7 +108,7 @@ class AdapterBook:
         return used < self.capacity(backend)
 
     def has_room(self, backend: Backend) -> bool:
-        """A slot is free, or can be freed, for one more adapter."""
+        """A slot is free, or can be freed now, for one more adapter."""
         if self.capacity(backend) <= 0:
             return False
         return self.free_slot(backend) or self.victim(backend) is not None
@@ -133,7 +137,9 @@ class AdapterBook:
                 found[adapter] = max(0.0, slots.loading[adapter] - now)
             elif entry.pool is not None and entry.pool != backend.config.pool_name:
                 continue
-            elif not self.loading_anywhere(adapter) and self.has_room(backend):
+            elif adapter in slots.evicting.values() or self.loading_anywhere(adapter):
+                continue  # being evicted here, or loading elsewhere: one load at a time
+            elif self.has_room(backend):
                 found[adapter] = self.load_s(adapter)
         return found
 
@@ -147,7 +153,7 @@ class AdapterBook:
             slots.in_use[model] += 1
             slots.last_used[model] = now
             if model not in backend.models and model not in slots.loading:
-                victim = self.evicts(backend)
+                victim = self.evicts(backend) if self.aware else None
                 slots.loading[model] = now + self.load_s(model)
                 if victim is not None:
                     slots.evicting[model] = victim
@@ -159,6 +165,9 @@ class AdapterBook:
             slots.in_use[model] -= 1
             if not slots.in_use[model]:
                 del slots.in_use[model]
+                event = slots.idle.pop(model, None)
+                if event is not None:
+                    event.set()
 
     def loaded(self, backend: Backend, adapter: str, took_s: float) -> None:
         """A load finished: it is resident there, and its time counts for the next."""
@@ -211,10 +220,13 @@ class AdapterBook:
         started = self._clock()
         try:
             async with asyncio.timeout(timeout_s):
-                victim = self.slots(backend).evicting.get(adapter)
+                slots = self.slots(backend)
+                victim = slots.evicting.get(adapter)
                 if victim is None and not self.aware and not self.free_slot(backend):
                     victim = self.victim(backend)  # blind: whatever is idle now
                 if victim is not None:
+                    if slots.in_use[victim]:  # its requests there end first
+                        await slots.idle.setdefault(victim, asyncio.Event()).wait()
                     await backend.adapter.unload_adapter(victim, timeout_s)
                     self.unloaded(backend, victim)
                 await backend.adapter.load_adapter(adapter, entry.path, timeout_s)

@@ -33,6 +33,26 @@ class EngineSpec:
     max_queued: int | None = 4  # --max-num-queued-reqs (None: vLLM's default, unbounded)
     kv_cache_bytes: int = 64 * 1024 * 1024
     prefix_caching: bool = True
+    max_loras: int | None = None  # --enable-lora with this --max-loras, loadable at run time
+
+
+def build_adapter(workdir: Path, name: str, seed: int) -> Path:
+    """A tiny random LoRA adapter of the tiny model (``tests/vllm/make_adapter.py``)."""
+    model_dir = build_model(workdir)
+    out = workdir / "adapters" / name
+    if not (out / "adapter_config.json").exists():
+        subprocess.run(
+            [
+                vllm_python(),
+                str(REPO / "tests" / "vllm" / "make_adapter.py"),
+                str(model_dir),
+                str(out),
+                str(seed),
+            ],
+            check=True,
+            capture_output=True,
+        )
+    return out
 
 
 def vllm_python() -> str:
@@ -95,6 +115,8 @@ def _command(model_dir: Path, port: int, spec: EngineSpec) -> list[str]:
         command += ["--max-num-queued-reqs", str(spec.max_queued)]
     if not spec.prefix_caching:
         command.append("--no-enable-prefix-caching")
+    if spec.max_loras is not None:
+        command += ["--enable-lora", "--max-loras", str(spec.max_loras), "--max-lora-rank", "8"]
     return command
 
 
@@ -112,6 +134,7 @@ def vllm_server(
         "VLLM_TARGET_DEVICE": "cpu",
         "OMP_NUM_THREADS": "1",
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",  # /v1/load_lora_adapter, where enabled
     }
     if cpu is not None:
         env["VLLM_CPU_OMP_THREADS_BIND"] = str(cpu)

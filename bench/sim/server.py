@@ -70,6 +70,7 @@ class Faults:
     reset_before_headers: int = 0
     reset_after_tokens: int | None = None
     reset_streams: int = 0
+    fail_lora_loads: int = 0  # adapter loads answered with an error
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +101,10 @@ class SimServer:
         lora_load_s: float = 0.0,
     ) -> None:
         self.profile = profile
-        self.max_loras = max_loras  # adapters held at once; None: no limit, no LoRA metric
+        # vLLM's --max-loras: adapters in one batch, reported in vllm:lora_requests_info (as
+        # vLLM, more may be registered; the batch limit itself is not modelled). None: no
+        # LoRA metric.
+        self.max_loras = max_loras
         self.lora_load_s = lora_load_s  # how long a load takes
         self.model = model
         self.prompt_tokens_details = prompt_tokens_details  # vLLM's flag of that name
@@ -120,7 +124,7 @@ class SimServer:
         self.received: list[dict[str, Any]] = []
         self.received_headers: list[dict[str, str]] = []
         self.adapters: dict[str, str] = {}
-        self.lora_loads = self.lora_unloads = self.lora_refused = 0
+        self.lora_loads = self.lora_unloads = self.lora_failed = 0
         self._loading: set[str] = set()
         self._rng = random.Random(seed + 7919)
         self._engine_task: asyncio.Task[None] | None = None
@@ -232,12 +236,13 @@ class SimServer:
             return vllm_error(
                 f"The lora adapter '{name}' has already been loaded.", "BadRequestError", 400
             )
-        if self.max_loras is not None and len(self.adapters) + len(self._loading) >= self.max_loras:
-            self.lora_refused += 1
+        if self.faults.fail_lora_loads > 0:
+            self.faults.fail_lora_loads -= 1
+            self.lora_failed += 1
             return vllm_error(
-                f"no free LoRA slot: {self.max_loras} adapters are loaded (max_loras)",
-                "BadRequestError",
-                400,
+                f"Loading lora {name} failed: No adapter found for {path}",
+                "NotFoundError",
+                404,
             )
         self._loading.add(name)  # its slot is taken now; it serves once loaded
         try:

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.procs import SIM_COMMAND, stop_process
-from bench.real.engines import MODEL, EngineSpec, vllm_server, wait_healthy
+from bench.real.engines import MODEL, EngineSpec, build_adapter, vllm_server, wait_healthy
 
 MAX_MODEL_LEN = 1024
 MAX_NUM_SEQS = 4
 MAX_QUEUED = 4
+MAX_LORAS = 2
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -29,6 +30,7 @@ class Target:
     url: str
     model: str = MODEL
     max_model_len: int = MAX_MODEL_LEN
+    adapters: tuple[str, ...] = ()  # LoRA adapters' paths, as the server can read them
 
 
 @contextmanager
@@ -51,6 +53,8 @@ def sim_target() -> Iterator[Target]:
             str(MAX_QUEUED),
             "--slowdown",
             "2",
+            "--max-loras",
+            str(MAX_LORAS),
         ],
         stdout=subprocess.PIPE,
         cwd=REPO,
@@ -59,13 +63,14 @@ def sim_target() -> Iterator[Target]:
         assert process.stdout is not None
         url = json.loads(process.stdout.readline())["servers"][0]
         wait_healthy(url, process, 30)
-        yield Target("sim", url)
+        yield Target("sim", url, adapters=("/adapters/one", "/adapters/two"))
     finally:
         stop_process(process)
 
 
 @contextmanager
 def vllm_target(workdir: Path) -> Iterator[Target]:
-    spec = EngineSpec(MAX_MODEL_LEN, MAX_NUM_SEQS, MAX_QUEUED)
+    spec = EngineSpec(MAX_MODEL_LEN, MAX_NUM_SEQS, MAX_QUEUED, max_loras=MAX_LORAS)
+    adapters = tuple(str(build_adapter(workdir, name, seed)) for seed, name in enumerate("ab"))
     with vllm_server(workdir, spec) as url:
-        yield Target("vllm", url)
+        yield Target("vllm", url, adapters=adapters)

@@ -18,9 +18,10 @@ import pytest
 from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
+from adapters.base import EngineLoad
 from adapters.vllm import VllmAdapter
 from gateway.tokens import calibration_text
-from tests.conformance.targets import MAX_NUM_SEQS, MAX_QUEUED, Target
+from tests.conformance.targets import MAX_LORAS, MAX_NUM_SEQS, MAX_QUEUED, Target
 
 CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell me about queues."}]
 
@@ -382,3 +383,63 @@ def test_a_repeated_prompt_hits_the_prefix_cache(target: Target) -> None:
     assert queries >= 2 * 150
     assert hits >= 0.8 * queries / 2
     assert warm < cold
+
+
+def test_lora_adapters_load_serve_and_unload(target: Target) -> None:
+    """What gateway.lora relies on: loads and unloads at run time, the listing with parents,
+    the slots in vllm:lora_requests_info, requests naming an adapter, and the errors."""
+    one, two = target.adapters
+    assert (
+        _post(target, "/v1/load_lora_adapter", {"lora_name": "one", "lora_path": one}).status_code
+        == 200
+    )
+    again = _post(target, "/v1/load_lora_adapter", {"lora_name": "one", "lora_path": one})
+    assert again.status_code == 400
+    assert "already been loaded" in again.text  # adapters.vllm takes this for loaded
+    assert (
+        _post(target, "/v1/load_lora_adapter", {"lora_name": "two", "lora_path": two}).status_code
+        == 200
+    )
+    try:
+        cards = {c["id"]: c for c in httpx.get(target.url + "/v1/models").json()["data"]}
+        assert cards["one"]["parent"] == target.model
+        assert cards["two"]["parent"] == target.model
+        for name in ("one", "two"):
+            answer = _post(
+                target, "/v1/completions", {"model": name, "prompt": "hi", "max_tokens": 3}
+            )
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["model"] == name
+        text = httpx.get(target.url + "/metrics").text
+        info = [line for line in text.splitlines() if line.startswith("vllm:lora_requests_info{")]
+        assert info
+        assert all(f'max_lora="{MAX_LORAS}"' in line for line in info)
+        load = asyncio.run(_probe_load(target))
+        assert load.max_loras == MAX_LORAS
+    finally:
+        for name in ("one", "two"):
+            assert _post(target, "/v1/unload_lora_adapter", {"lora_name": name}).status_code == 200
+    gone = _post(target, "/v1/unload_lora_adapter", {"lora_name": "one"})
+    assert gone.status_code == 404  # adapters.vllm takes this for unloaded
+    missing = _post(target, "/v1/completions", {"model": "one", "prompt": "hi", "max_tokens": 3})
+    assert missing.status_code == 404
+    assert [c["id"] for c in httpx.get(target.url + "/v1/models").json()["data"]] == [target.model]
+
+
+async def _probe_load(target: Target) -> EngineLoad:
+    async with aiohttp.ClientSession() as session:
+        probe = await VllmAdapter(session, target.url).probe(30)
+    assert probe.load is not None
+    return probe.load
+
+
+def test_the_adapter_loads_and_unloads_through_the_engine_adapter(target: Target) -> None:
+    async def cycle() -> None:
+        async with aiohttp.ClientSession() as session:
+            engine = VllmAdapter(session, target.url)
+            await engine.load_adapter("one", target.adapters[0], 60)
+            await engine.load_adapter("one", target.adapters[0], 60)  # loaded already: fine
+            await engine.unload_adapter("one", 60)
+            await engine.unload_adapter("one", 60)  # unloaded already: fine
+
+    asyncio.run(cycle())

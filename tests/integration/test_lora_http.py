@@ -7,6 +7,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.sim.server import Faults
 from tests.conftest import MODEL, GatewayFactory, SimFactory
 
 ADAPTERS = {name: {"base": MODEL, "path": f"/adapters/{name}", "load_ms": 50} for name in "abc"}
@@ -134,21 +135,15 @@ async def test_an_adapter_the_gateway_did_not_configure_is_never_evicted(
 async def test_a_load_that_fails_is_retried_elsewhere(
     make_sim: SimFactory, make_gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
-    # b0 is configured with more slots than its engine has: the gateway's load there fails
-    # (the engine's slot is full), and the request is sent to b1, where the load succeeds.
-    first, second = await make_sim(max_loras=1), await make_sim(max_loras=1)
-    first.server.adapters["foreign"] = "/elsewhere"
-    gateway = await make_gateway(
-        [first, second],
-        adapters=ADAPTERS,
-        backends=[
-            {"name": "b0", "url": first.url, "max_loras": 2},
-            {"name": "b1", "url": second.url, "max_loras": 1, "weight": 0.1},
-        ],
-    )
+    first, second = await make_sim(max_loras=2), await make_sim(max_loras=2)
+    first.server.faults = Faults(fail_lora_loads=1)  # b0, tried first, answers its load 404
+    gateway = await make_gateway([first, second], adapters=ADAPTERS)
     status, body, headers = await _complete(http, gateway.url, "a")
     assert status == 200, body
     assert headers["x-sluice-backend"] == "b1"
-    assert first.server.lora_refused == 1  # tried there first, refused
-    assert first.server.adapters == {"foreign": "/elsewhere"}
+    assert first.server.lora_failed == 1
+    assert "a" not in first.server.adapters
     assert second.server.adapters == {"a": "/adapters/a"}
+    _, listing = await _admin(http, "GET", gateway.url + "/admin/adapters")
+    assert listing["adapters"]["a"]["resident_on"] == ["b1"]
+    assert listing["adapters"]["a"]["loading_on"] == []

@@ -54,18 +54,34 @@ def test_an_adapter_is_loadable_where_a_slot_is_free_and_once_at_a_time() -> Non
     assert book.loadable(two, ["a"], two.models, 0.5) == {"a": 0.4}  # measured time now
 
 
-def test_full_slots_are_freed_only_from_idle_adapters_least_recently_used() -> None:
+def test_full_slots_are_freed_only_from_idle_adapters() -> None:
     one = _backend("one", slots=2, adapters=("a", "b"))
     fleet = _fleet(one)
     book = fleet.adapters
-    book.seated(one, "a", 1.0)
-    book.seated(one, "b", 2.0)
+    first = fleet.seat("one", 1, Demand("a", 1.0, 9.0), 0, 1.0)
+    second = fleet.seat("one", 2, Demand("b", 2.0, 9.0), 0, 2.0)
     assert book.victim(one) is None  # both in use
     assert book.loadable(one, ["c"], one.models, 3.0) == {}
-    book.unseated(one, "a")
-    book.unseated(one, "b")
-    assert book.victim(one) == "a"  # used least recently
-    assert book.loadable(one, ["c"], one.models, 3.0) == {"c": 0.5}
+    fleet.unseat(second)
+    assert book.evicts(one) == "b"
+    fleet.seat("one", 3, Demand("c", 3.0, 9.0), 0, 3.0)  # placed to load c in b's slot
+    assert "b" not in one.models  # b takes no new requests there from now
+    assert book.slots(one).evicting == {"c": "b"}
+    assert book.loadable(one, ["d"], one.models, 3.5) == {}  # c holds b's slot, a is busy
+    fleet.unseat(first)
+    assert book.evicts(one) == "a"
+    assert book.loadable(one, ["d"], one.models, 3.5) == {"d": 0.5}
+
+
+def test_an_idle_victim_is_the_least_recently_used() -> None:
+    one = _backend("one", slots=2, adapters=("a", "b"))
+    fleet = _fleet(one)
+    first = fleet.seat("one", 1, Demand("b", 1.0, 9.0), 0, 1.0)
+    second = fleet.seat("one", 2, Demand("a", 2.0, 9.0), 0, 2.0)
+    fleet.unseat(first)
+    fleet.unseat(second)
+    assert fleet.adapters.victim(one) == "b"
+    assert fleet.adapters.loadable(one, ["c"], one.models, 3.0) == {"c": 0.5}
 
 
 def test_no_slots_means_no_loads() -> None:
