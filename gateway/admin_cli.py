@@ -96,6 +96,22 @@ def add_commands(commands: Any) -> None:
     delete_pool = pools.add_parser("delete", help="drop a pool's settings")
     delete_pool.add_argument("name")
 
+    adapters = groups.add_parser("adapters", help="LoRA adapters").add_subparsers(
+        dest="action", required=True
+    )
+    adapters.add_parser("list", help="every adapter, where it is resident or loading")
+    set_adapter = adapters.add_parser("set", help="create or replace an adapter")
+    set_adapter.add_argument("name")
+    set_adapter.add_argument("--base", required=True, help="the model it adapts")
+    set_adapter.add_argument("--path", required=True, help="its lora_path, as vLLM sees it")
+    set_adapter.add_argument("--load-ms", type=float, help="expected load time, until measured")
+    set_adapter.add_argument("--pool", help="pin it to this pool")
+    adapters.add_parser("delete", help="forget an adapter").add_argument("name")
+    pin = adapters.add_parser("pin", help="load it only in this pool, never evicted there")
+    pin.add_argument("name")
+    pin.add_argument("--pool", required=True)
+    adapters.add_parser("unpin").add_argument("name")
+
     keys = groups.add_parser("keys", help="client API keys").add_subparsers(
         dest="action", required=True
     )
@@ -222,6 +238,8 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Any, dict[str, str]]:
         if args.webhook:
             body["webhook_url"] = args.webhook
         return "PUT", path, body, {}
+    if group == "adapters":
+        return _adapter_request(args)
     if group == "keys":
         if action == "list":
             return "GET", "/admin/keys", None, {}
@@ -246,6 +264,22 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Any, dict[str, str]]:
     if group == "stats":
         return "GET", "/admin/stats", None, {}
     return "GET", "/admin/openapi.json", None, {}
+
+
+def _adapter_request(args: argparse.Namespace) -> tuple[str, str, Any, dict[str, str]]:
+    if args.action == "list":
+        return "GET", "/admin/adapters", None, {}
+    path = f"/admin/adapters/{args.name}"
+    if args.action == "delete":
+        return "DELETE", path, None, {}
+    if args.action == "pin":
+        return "PUT", path + "/pin", {"pool": args.pool}, {}
+    if args.action == "unpin":
+        return "DELETE", path + "/pin", None, {}
+    body: dict[str, Any] = {"base": args.base, "path": args.path, "pool": args.pool}
+    if args.load_ms is not None:
+        body["load_ms"] = args.load_ms
+    return "PUT", path, body, {}
 
 
 def call(args: argparse.Namespace) -> Any:

@@ -118,3 +118,29 @@ async def test_admin_cli_drives_the_api(
     code, _, err = await _admin(f"http://127.0.0.1:{free_port()}", "stats")
     assert code == 2
     assert "cannot reach" in err
+
+
+async def test_admin_cli_manages_adapters(
+    make_sim: SimFactory, make_gateway: GatewayFactory
+) -> None:
+    gw = await make_gateway([await make_sim()], settings={"admin_token": TOKEN})
+    code, created, _ = await _admin(
+        gw, "adapters", "set", "sql", "--base", "sim-model", "--path", "/l/sql", "--load-ms", "80"
+    )
+    assert code == 0
+    assert created["adapter"]["load_ms"] == 80
+    assert created["adapter"]["resident_on"] == []
+    code, pinned, _ = await _admin(gw, "adapters", "pin", "sql", "--pool", "tuned")
+    assert code == 0
+    assert pinned["adapter"]["pool"] == "tuned"
+    code, listing, _ = await _admin(gw, "adapters", "list")
+    assert code == 0
+    assert listing["adapters"]["sql"]["pool"] == "tuned"
+    code, unpinned, _ = await _admin(gw, "adapters", "unpin", "sql")
+    assert code == 0
+    assert unpinned["adapter"]["pool"] is None
+    code, _, _ = await _admin(gw, "adapters", "delete", "sql")
+    assert code == 0
+    code, _, err = await _admin(gw, "adapters", "pin", "sql", "--pool", "tuned")
+    assert code == 1
+    assert "adapter_not_found" in err
