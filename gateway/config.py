@@ -127,6 +127,9 @@ class SchedulerConfig(_Frozen):
     # At arrival, a reply in flight past its predicted length counts as going on for this
     # share again of what it has produced (0: as ending now).
     overrun_share: float = Field(default=0.3, ge=0, le=10)
+    # At arrival, each backend's prefill and tokens take as much longer than its latency
+    # models predict as they lately fell short (their p90 of observed over predicted).
+    stretch_by_error: bool = True
     tick_ms: float = Field(default=10.0, gt=0)
     output_quantile: Literal["p50", "p90", "p95"] = Field(
         default="p90", description="Predicted output used for the KV reservation."

@@ -345,6 +345,8 @@ class Fleet:
                 b.config.pool_name,
                 book.loadable(b, adapters, b.models, now) if adapters else {},
                 book.evicts(b) if adapters else None,
+                b.prefill.error,
+                b.itl.error,
             )
             for b in self
         ]

@@ -79,6 +79,7 @@ def make_policy(config: SchedulerConfig) -> Policy:
         rolling=config.placement == "rolling",
         commit=config.admission == "arrival",
         overrun=config.overrun_share,
+        stretch=config.stretch_by_error,
         prefix_weight=config.prefix_weight,
         session_weight=config.session_weight,
         adapter_weight=config.adapter_weight if config.adapter_aware else 0.0,

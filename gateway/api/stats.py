@@ -48,8 +48,16 @@ def backend_stats(request: web.Request) -> list[dict[str, Any]]:
                 "other_replicas": _peers(services.scheduler.peer_load(b.name)),
                 "engine": asdict(b.load) if b.load is not None else None,
                 "latency_models": {
-                    "prefill": {**asdict(b.prefill.params), "observations": b.prefill.observations},
-                    "itl": {**asdict(b.itl.params), "observations": b.itl.observations},
+                    "prefill": {
+                        **asdict(b.prefill.params),
+                        "observations": b.prefill.observations,
+                        "shortfall_p90": b.prefill.error,
+                    },
+                    "itl": {
+                        **asdict(b.itl.params),
+                        "observations": b.itl.observations,
+                        "shortfall_p90": b.itl.error,
+                    },
                 },
                 "adapters": services.fleet.adapters.state(b),
                 "last_error": b.last_error,

@@ -13,7 +13,10 @@ made later at all). Otherwise it is refused at once, and its predicted time is s
 The arrival test is cautious where the deadline walk is not: a reply in flight that has
 outlived its predicted length is counted as going on for ``overrun`` again of what it has
 produced, instead of ending now (reply lengths are heavy-tailed), so that the slots it holds
-are not promised to newcomers too early.
+are not promised to newcomers too early; and with ``stretch``, each backend's prefill and
+tokens take as much longer than predicted as its latency models have lately fallen short
+(their shortfall quantile, ``latency.ERROR_QUANTILE``), so that a backend slower than its
+fit is not promised at the fit's speed.
 
 A committed request is refused later only when the committed schedule alone no longer lets
 it meet its deadline with the margin (expected lengths, as at the deadline): a backend
@@ -65,6 +68,7 @@ def commitments(
     admit_margin: float,
     vbs: bool,
     overrun: float,
+    stretch: bool = True,
 ) -> Decisions:
     """Find the committed requests of ``ordered`` (the queue in LDF order) that can no
     longer be served in time, then decide its newcomers, in arrival order."""
@@ -84,7 +88,7 @@ def commitments(
                 refusals = decisions.late if w.demand.protected else decisions.refused
                 refusals[w.ticket] = unservable[w.ticket]
         schedule = [w for w in held if w.ticket not in unservable]
-        cautious = Serving.of(serving.loads, serving.headroom, overrun)
+        cautious = Serving.of(serving.loads, serving.headroom, overrun, stretch)
         after = dict(pending)  # the prefill work pending once the schedule's is added
         base = ttft_walk(schedule, cautious, after, _all)
         keys = [ldf_key(w) for w in schedule]

@@ -213,17 +213,22 @@ def tokens_left(predicted: int, tokens: int, overrun: float | None) -> int:
 
 
 def slot_frees(
-    loads: Iterable[BackendLoad], *, overrun: float | None = None
+    loads: Iterable[BackendLoad], *, overrun: float | None = None, stretch: bool = False
 ) -> list[tuple[float, int]]:
     """When each in-flight request is predicted to finish, from now, soonest first, and the
-    KV it then gives back (``overrun``: see ``tokens_left``)."""
+    KV it then gives back (``overrun``: see ``tokens_left``; ``stretch``: prefill and tokens
+    taking as much longer as the backend's predictions have lately fallen short)."""
     frees: list[tuple[float, int]] = []
     for load in loads:
         view = load.view
         itl = view.itl.predict(max(load.count, 1), load.mean_context()) if view.itl else 0.0
+        prefill_by = view.prefill_error if stretch else 1.0
+        if stretch:
+            itl *= view.itl_error
         for prompt, predicted, tokens, started, kv in load.remaining:
             prefill = 0.0 if started or view.prefill is None else view.prefill.predict(prompt)
-            frees.append((prefill + tokens_left(predicted, tokens, overrun) * itl, kv))
+            left = tokens_left(predicted, tokens, overrun)
+            frees.append((prefill * prefill_by + left * itl, kv))
     frees.sort()
     return frees
 
@@ -240,19 +245,22 @@ class Serving:
     free: list[float]
     kv_room: int | None = None
     kv_freed: list[int] = field(default_factory=list)
+    stretch: bool = False  # prefill predicted as much longer as it lately fell short
 
     @classmethod
-    def of(cls, loads: list[BackendLoad], headroom: int, overrun: float | None) -> Serving:
-        frees = slot_frees(loads, overrun=overrun)
+    def of(
+        cls, loads: list[BackendLoad], headroom: int, overrun: float | None, stretch: bool = False
+    ) -> Serving:
+        frees = slot_frees(loads, overrun=overrun, stretch=stretch)
         capacities = [load.view.kv_capacity for load in loads]
         if any(c is None for c in capacities):
-            return cls(loads, headroom, [at for at, _ in frees])
+            return cls(loads, headroom, [at for at, _ in frees], stretch=stretch)
         room = sum(
             max(0, (capacity or 0) - load.kv_reserved)
             for capacity, load in zip(capacities, loads, strict=True)
         )
         freed = list(itertools.accumulate(kv for _, kv in frees))
-        return cls(loads, headroom, [at for at, _ in frees], room, freed)
+        return cls(loads, headroom, [at for at, _ in frees], room, freed, stretch)
 
 
 def per_model(
@@ -336,6 +344,8 @@ def ttft_walk(
                 continue
             params = load.view.prefill
             seconds = 0.0 if params is None else params.predict(pending[name] + w.prefill_on(name))
+            if serving.stretch:
+                seconds *= load.view.prefill_error
             seconds += load.view.loadable.get(w.model, 0.0)  # its adapter's load, if any
             if seconds < prefill:
                 best, prefill = load, seconds

@@ -9,6 +9,11 @@ Inter-token latency against the running batch B and its mean context length L (t
 Both start from a configured prior and move to the data: each fit is a least-squares
 solution pulled toward the prior by a fixed number of pseudo-observations, with Huber weights
 so that a few stalls or network hiccups do not drag it. All times are in seconds.
+
+Each model also keeps how far its predictions fall short: the ``ERROR_QUANTILE`` of observed
+over predicted time, each observation against the fit in force when it was made, over the
+last ``_ERROR_WINDOW`` (1 until ``_ERROR_MIN`` are in, clipped to [1, ``ERROR_CAP``]). The
+arrival test of admission (``scheduling.admission``) stretches its cautious schedule by it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,29 @@ _PRIOR_WEIGHT = 20.0  # the prior counts as this many observations
 _HUBER_K = 1.5
 _REFIT_EVERY = 25
 _WINDOW = 2000
+_ERROR_WINDOW = 400
+_ERROR_MIN = 50
+ERROR_QUANTILE = 0.9
+ERROR_CAP = 4.0
+
+
+class _Shortfall:
+    """The recent ratios of observed to predicted time, and their upper quantile."""
+
+    def __init__(self) -> None:
+        self._ratios: deque[float] = deque(maxlen=_ERROR_WINDOW)
+        self.factor = 1.0
+
+    def add(self, observed: float, predicted: float) -> None:
+        if predicted > 0:
+            self._ratios.append(observed / predicted)
+
+    def refresh(self, quantile: float = ERROR_QUANTILE) -> None:
+        if len(self._ratios) < _ERROR_MIN:
+            self.factor = 1.0
+            return
+        value = float(np.quantile(np.asarray(self._ratios), quantile))
+        self.factor = min(max(value, 1.0), ERROR_CAP)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +111,17 @@ class PrefillModel:
         self._obs: deque[tuple[float, float]] = deque(maxlen=_WINDOW)
         self._since_fit = 0
         self.observations = 0
+        self.shortfall = _Shortfall()
+
+    @property
+    def error(self) -> float:
+        """How many times longer than predicted prefill may take (the upper quantile)."""
+        return self.shortfall.factor
 
     def observe(self, tokens: float, seconds: float) -> None:
         if seconds <= 0 or tokens <= 0:
             return
+        self.shortfall.add(seconds, self.params.predict(tokens))
         self._obs.append((tokens, seconds))
         self.observations += 1
         self._since_fit += 1
@@ -95,6 +130,7 @@ class PrefillModel:
 
     def refit(self) -> None:
         self._since_fit = 0
+        self.shortfall.refresh()
         data = np.asarray(self._obs)
         prior = self.prior
         small = data[data[:, 0] <= prior.theta, 1]
@@ -120,10 +156,17 @@ class ItlModel:
         self._obs: deque[tuple[float, float, float]] = deque(maxlen=_WINDOW)
         self._since_fit = 0
         self.observations = 0
+        self.shortfall = _Shortfall()
+
+    @property
+    def error(self) -> float:
+        """How many times longer than predicted a token may take (the upper quantile)."""
+        return self.shortfall.factor
 
     def observe(self, batch: float, mean_context: float, seconds: float) -> None:
         if seconds <= 0 or batch <= 0:
             return
+        self.shortfall.add(seconds, self.params.predict(batch, mean_context))
         self._obs.append((batch, mean_context, seconds))
         self.observations += 1
         self._since_fit += 1
@@ -132,6 +175,7 @@ class ItlModel:
 
     def refit(self) -> None:
         self._since_fit = 0
+        self.shortfall.refresh()
         data = np.asarray(self._obs)
         batch, context, y = data[:, 0], data[:, 1], data[:, 2]
         x = np.column_stack([batch * context, batch, context, np.ones(len(y))])

@@ -85,6 +85,7 @@ class SloPolicy:
     rolling: bool = False
     commit: bool = False
     overrun: float = 0.3
+    stretch: bool = True
     prefix_weight: float = 0.5
     session_weight: float = 0.2
     adapter_weight: float = 1.0
@@ -106,6 +107,7 @@ class SloPolicy:
                 admit_margin=self.admit_margin,
                 vbs=self.vbs,
                 overrun=self.overrun,
+                stretch=self.stretch,
             )
             committed = decided.committed
             rejections = [

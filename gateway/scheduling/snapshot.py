@@ -82,6 +82,10 @@ class BackendView:
     # does not hold but could load (or is loading): gateway.lora
     loadable: Mapping[str, float] = field(default_factory=dict)
     evicts: str | None = None  # the adapter a load here would evict (its slots are full)
+    # How many times longer than predicted prefill and each token may take here (the
+    # latency models' shortfall quantile; 1 until learned): admission's arrival test
+    prefill_error: float = 1.0
+    itl_error: float = 1.0
 
     def offers(self, model: str) -> bool:
         """It serves ``model``, or could once it loads that adapter."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from gateway.scheduling.admission import Decisions, commitments
 from gateway.scheduling.guards import BackendLoad, ldf_key, ttft_rejections
+from gateway.scheduling.latency import ItlModel, ItlParams, PrefillModel, PrefillParams
 from gateway.scheduling.policy import SloPolicy
 from gateway.scheduling.snapshot import BackendView, Demand, InFlightView, WaitingView
 from tests.unit.test_guards import backend, running, wait
@@ -135,3 +138,45 @@ def test_a_class_that_is_not_protected_may_be_overtaken_and_is_refused_as_at_the
         [older, wait(2, deadline=0.30, prompt=BIG, committed=True)], [backend()], 0.0
     )
     assert [(r.ticket, r.reason) for r in plan.rejections] == [(1, "ttft_unattainable")]
+
+
+def test_the_arrival_test_stretches_a_backend_by_how_far_its_predictions_fall_short() -> None:
+    newcomer = wait(1, deadline=0.30, prompt=BIG)  # 0.2 s predicted + 0.05 margin: fits
+    assert decide([newcomer], [backend()]).committed == [1]
+    slow = replace(backend(), prefill_error=1.5)  # its prefill lately took 1.5x the fit
+    stretched = decide([newcomer], [slow])
+    assert stretched.committed == []
+    assert stretched.refused == {1: pytest.approx(0.35)}  # 0.3 s + 0.05 margin
+    loads = {slow.name: BackendLoad.of(slow)}
+    plain = commitments(
+        [newcomer],
+        loads,
+        now=0.0,
+        margin_s=0.05,
+        epsilon=1.3,
+        admit_margin=0.99,
+        vbs=True,
+        overrun=0.25,
+        stretch=False,
+    )
+    assert plain.committed == [1]
+
+
+def test_a_committed_request_is_judged_later_by_the_fit_not_the_stretch() -> None:
+    # Stretching makes the arrival test cautious; it does not refuse what it committed to.
+    held = wait(1, deadline=0.30, prompt=BIG, committed=True)
+    decided = decide([held], [replace(backend(), prefill_error=1.5)])
+    assert (decided.late, decided.refused) == ({}, {})
+
+
+def test_the_latency_models_learn_their_shortfall() -> None:
+    model = PrefillModel(PrefillParams(0.1, 1000, 0.0001, 0.0))
+    assert model.error == 1.0
+    for i in range(200):
+        # Four in five take what the fit says, one in five twice as long.
+        model.observe(500, 0.2 if i % 5 == 0 else 0.1)
+    assert 1.0 < model.error <= 2.0
+    itl = ItlModel(ItlParams(0.0, 0.0, 0.0, 0.01))
+    for _ in range(200):
+        itl.observe(4, 100, 0.008)  # faster than predicted: never below 1
+    assert itl.error == 1.0
