@@ -2,16 +2,18 @@
 
 A request whose class (as capped by its tenant) allows it carries its model's variants
 (``Demand.variants``). ``Pressure`` tells, per model, whether degrading is on: the decayed
-share of the model's requests that its own backends' guards refused (``GUARD_REFUSALS``),
-counting those then sent to a variant, turns it on above ``enter_share``; it turns off, as
+share of the requests placed for the model on its backends that their guards refused
+(``GUARD_REFUSALS``), counting those then sent to a variant (and, for a variant, the
+requests degraded to it), turns it on above ``enter_share``; it turns off, as
 MorphServe restores full precision, only once that share is below ``leave_share``, nothing of
 the model waits in the queue, and it has been on for ``min_dwell_s``: asymmetric hysteresis,
 so that it neither flaps nor lingers. While it is on:
 
 - ``when_unattainable``: a request the guards refuse on its own model is queued again for
   its next variant, with its own deadline and targets; the guards there decide as honestly;
-- ``prefer_fast``: a request is queued for its first variant from the start, and for its own
-  model again if no variant can serve it in time.
+- ``prefer_fast``: a request is queued from the start for its first variant that is not
+  under pressure itself (so that a small variant pool is not flooded), and for its own model
+  again if no variant can serve it in time.
 
 Off, nothing is degraded and a refusal stays a refusal. Pure bookkeeping: the scheduler asks
 and tells, the policy never sees it.
@@ -104,12 +106,17 @@ class Pressure:
         }
 
 
-def first_route(d: Demand, degrading: bool) -> Demand:
-    """Where a request is queued first: a ``prefer_fast`` one, while degrading is on, for its
-    first variant (its own model last among what is left); any other for its own model."""
-    if d.degrade != "prefer_fast" or not degrading or not d.variants:
+def first_route(d: Demand, pressure: Pressure) -> Demand:
+    """Where a request is queued first: a ``prefer_fast`` one, while its model is degrading,
+    for its first variant not under pressure itself (its own model last among what is left);
+    any other, or with every variant under pressure, for its own model."""
+    if d.degrade != "prefer_fast" or not d.variants or not pressure.on(d.model):
         return d
-    first, *rest = d.variants
+    calm = [v for v in d.variants if not pressure.on(v.model)]
+    if not calm:
+        return d
+    first = calm[0]
+    rest = tuple(v for v in d.variants if v != first)
     return replace(
         d,
         model=first.model,

@@ -199,7 +199,7 @@ class Scheduler(Generic[S]):
     ) -> _Ticket:
         excluded_set = frozenset(excluded)
         if self.pressure is not None and demand.variants:
-            demand = first_route(demand, self.pressure.on(demand.model))
+            demand = first_route(demand, self.pressure)
         # Cold start: a model some backend is meant to serve waits for one to be ready (until
         # its deadline) rather than failing; only a model no backend could serve fails now.
         routed: Demand | None = demand
@@ -357,7 +357,7 @@ class Scheduler(Generic[S]):
         for placement in plan.placements:
             ticket = self._waiting.pop(placement.ticket)
             name, d = placement.backend, ticket.demand
-            if self.pressure is not None and d.origin is None:
+            if self.pressure is not None:
                 self.pressure.observe(d.model, False, now)
             seat = self._fleet.seat(name, ticket.id, d, ticket.cached.get(name, 0), now)
             self._seats[ticket.id] = (seat, now)
@@ -387,8 +387,7 @@ class Scheduler(Generic[S]):
         pressure, d = self.pressure, ticket.demand
         if pressure is None or rejection.reason not in GUARD_REFUSALS:
             return False
-        if d.origin is None:
-            pressure.observe(d.model, True, now)
+        pressure.observe(d.model, True, now)
         if not d.variants or not pressure.on(d.asked):
             return False
         routed = next_route(d)

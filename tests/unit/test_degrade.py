@@ -62,7 +62,9 @@ def test_pressure_decays_with_its_half_life() -> None:
 
 def test_routes_walk_the_variants_in_order() -> None:
     d = Demand("m", 0.0, 1.0, degrade="when_unattainable", variants=(Route("a"), Route("b", "pb")))
-    assert first_route(d, degrading=True) is d  # when_unattainable starts on its own model
+    degrading = Pressure(RULES)
+    degrading.observe("m", True, 0.0)
+    assert first_route(d, degrading) is d  # when_unattainable starts on its own model
     a = next_route(d)
     assert a is not None
     assert (a.model, a.pool, a.origin, a.asked) == ("a", None, "m", "m")
@@ -71,8 +73,8 @@ def test_routes_walk_the_variants_in_order() -> None:
     assert (b.model, b.pool, b.origin) == ("b", "pb", "m")
     assert next_route(b) is None
     fast = replace(d, degrade="prefer_fast")
-    assert first_route(fast, degrading=False) is fast  # pressure off: its own model
-    first = first_route(fast, degrading=True)
+    assert first_route(fast, Pressure(RULES)) is fast  # pressure off: its own model
+    first = first_route(fast, degrading)
     assert (first.model, first.origin) == ("a", "m")
     second = next_route(first)
     assert second is not None
@@ -80,6 +82,17 @@ def test_routes_walk_the_variants_in_order() -> None:
     back = next_route(second)
     assert back is not None
     assert (back.model, back.origin, back.variants) == ("m", None, ())
+
+
+def test_prefer_fast_skips_a_variant_under_pressure_of_its_own() -> None:
+    d = Demand("m", 0.0, 1.0, degrade="prefer_fast", variants=(Route("a"), Route("b")))
+    pressure = Pressure(RULES)
+    pressure.observe("m", True, 0.0)
+    pressure.observe("a", True, 0.0)  # the first variant's pool refuses too
+    first = first_route(d, pressure)
+    assert (first.model, [v.model for v in first.variants]) == ("b", ["a", "m"])
+    pressure.observe("b", True, 0.0)
+    assert first_route(d, pressure) is d  # every variant pressed: its own model first
 
 
 def _backend(name: str, model: str, prior: LatencyPrior, **extra: Any) -> Backend:
