@@ -137,11 +137,12 @@ def markdown(data: dict[str, Any]) -> str:
         "Command: `python -m bench.lora`",
         "",
         "| load | placement | goodput req/s | x blind | x everywhere | TTFT p50 ms | p90 | p99 | "
-        "rejected | adapter loads |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "rejected | predicted late | held for a slot | adapter loads |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for load, row in data["results"].items():
         for mode, s in row.items():
+            reasons = s["reject_reasons"]
             blind = row["blind"]["goodput_rps"]
             everywhere = row["everywhere"]["goodput_rps"]
             lines.append(
@@ -149,8 +150,23 @@ def markdown(data: dict[str, Any]) -> str:
                 f"{_cell(s['goodput_rps'] / blind if blind else None, '.2f')} | "
                 f"{_cell(s['goodput_rps'] / everywhere if everywhere else None, '.2f')} | "
                 f"{_cell(s['ttft_p50_ms'])} | {_cell(s['ttft_p90_ms'])} | "
-                f"{_cell(s['ttft_p99_ms'])} | {s['rejection_rate']:.3f} | {s['adapter_loads']} |"
+                f"{_cell(s['ttft_p99_ms'])} | {s['rejection_rate']:.3f} | "
+                f"{reasons.get('ttft_unattainable', 0)} | {reasons.get('error', 0)} | "
+                f"{s['adapter_loads']} |"
             )
+    lines += [
+        "",
+        "Refusals: *predicted late*, by the TTFT guard (a load's time counted where one is "
+        "needed); *held for a slot*, requests for an adapter that no backend held or had a "
+        "slot free for (every slot's adapter busy) before their deadline (`no_ready_backend`). "
+        "Attainment of what was served:",
+        "",
+        "| load | " + " | ".join(MODES) + " |",
+        "|---|" + "---|" * len(MODES),
+    ]
+    for load, row in data["results"].items():
+        cells = [_cell(row[m]["attainment_admitted"], ".3f") for m in MODES]
+        lines.append(f"| {load}x | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -13,7 +13,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import calibrate, compare, guards, macro, overhead, prefix, redis_shard, replicas
+from bench import (
+    calibrate,
+    compare,
+    guards,
+    lora,
+    macro,
+    overhead,
+    prefix,
+    redis_shard,
+    replicas,
+    variants,
+)
 from bench import tenants as tenants_bench
 from bench.publish import REPORTS, publish
 from bench.real import __main__ as real
@@ -25,6 +36,7 @@ Plot = Callable[[dict[str, Any], Path], None] | None
 REPORTS_BY_NAME: dict[str, tuple[Markdown, Plot]] = {
     "compare": (compare.markdown, compare.plot),
     "guards": (guards.markdown, guards.plot),
+    "lora": (lora.markdown, lora.plot),
     "macro": (lambda data: macro.markdown(data, data.get("notes", "")), macro.plot),
     "overhead": (overhead.markdown, None),
     "prefix": (prefix.markdown, prefix.plot),
@@ -33,6 +45,7 @@ REPORTS_BY_NAME: dict[str, tuple[Markdown, Plot]] = {
     "replicas": (replicas.markdown, None),
     "sim_calibration": (calibrate.markdown, calibrate.plot),
     "tenants": (tenants_bench.markdown, tenants_bench.plot),
+    "variants": (variants.markdown, variants.plot),
 }
 PREDICTOR_REPORTS = Path(predictor_cli.__file__).resolve().parent / "reports"
 
