@@ -57,11 +57,12 @@ SPEC = EngineSpec(
 MAX_PROMPT_CHARS = 3000  # candidates; kept only if the engine's tokenizer fits them
 MAX_TOKENS = 128
 CANDIDATES = 2000
-SYSTEMS = ("direct", "sluice", "sluice-arrival", "vllm-router-rr")
+SYSTEMS = ("direct", "sluice", "sluice-arrival", "sluice-arrival-fit", "vllm-router-rr")
 LABELS = {
     "direct": PEER_LABELS["direct"],
     "sluice": "Sluice, admission at the deadline",
     "sluice-arrival": "Sluice, admission at arrival",
+    "sluice-arrival-fit": "Sluice, admission at arrival, by the fit alone (no shortfall stretch)",
     "vllm-router-rr": PEER_LABELS["vllm-router-rr"],
 }
 TARGET_LOADS = ("1.5", "2")
@@ -217,6 +218,7 @@ def sluice_config(
     k_tpot: float,
     *,
     admission: str,
+    stretch: bool = True,
 ) -> dict[str, Any]:
     """Full guards, each backend bound at its engine's batch limit, the SLO classes and the
     latency prior scaled to the engine (the online models take it from there)."""
@@ -234,7 +236,7 @@ def sluice_config(
             {"name": f"b{i}", "url": url, "max_in_flight": SPEC.max_num_seqs}
             for i, url in enumerate(urls)
         ],
-        "scheduler": {"admission": admission},
+        "scheduler": {"admission": admission, "stretch_by_error": stretch},
         "latency_prior": latency,
     }
 
@@ -264,9 +266,11 @@ async def one_run(
 ) -> dict[str, Any]:
     started = time.monotonic()
     name = "sluice" if system.startswith("sluice") else system
-    admission = "arrival" if system == "sluice-arrival" else "deadline"
+    admission = "arrival" if system.startswith("sluice-arrival") else "deadline"
     with tempfile.TemporaryDirectory() as work:
-        config = sluice_config(urls, classes, *factors, admission=admission)
+        config = sluice_config(
+            urls, classes, *factors, admission=admission, stretch=system != "sluice-arrival-fit"
+        )
         async with running(name, Fleet(urls, MODEL), Path(work), sluice_config=config) as to:
             results = await run_open_loop(to, MODEL, items, client_headers(), extra=FIXED)
     summary = summarize(results, 1.0, span_s, classes)
