@@ -127,22 +127,28 @@ async def send(
     last = start
     tokens = 0
     sent_headers = {**(headers or {}), "x-slo-class": item.slo_class}
-    async with http.post(url + "/v1/chat/completions", json=body, headers=sent_headers) as response:
-        if response.status != 200:
-            await response.read()
-            return Result(
-                item.slo_class,
-                response.status,
-                elapsed_s=time.monotonic() - start,
-                reason=response.headers.get("x-sluice-reject-reason"),
-            )
-        async for line in response.content:
-            if line.startswith(b"data: {") and _TEXT.search(line):
-                last = time.monotonic()
-                first = first or last
-                tokens += 1
-            elif line.startswith(b'data: {"error"'):
-                return Result(item.slo_class, 502, elapsed_s=time.monotonic() - start)
+    try:
+        async with http.post(
+            url + "/v1/chat/completions", json=body, headers=sent_headers
+        ) as response:
+            if response.status != 200:
+                await response.read()
+                return Result(
+                    item.slo_class,
+                    response.status,
+                    elapsed_s=time.monotonic() - start,
+                    reason=response.headers.get("x-sluice-reject-reason"),
+                )
+            async for line in response.content:
+                if line.startswith(b"data: {") and _TEXT.search(line):
+                    last = time.monotonic()
+                    first = first or last
+                    tokens += 1
+                elif line.startswith(b'data: {"error"'):
+                    return Result(item.slo_class, 502, elapsed_s=time.monotonic() - start)
+    except aiohttp.ClientError:
+        # The server closed or reset the connection (an overloaded engine does): a failure.
+        return Result(item.slo_class, 502, elapsed_s=time.monotonic() - start, reason="reset")
     ttft = None if first is None else first - start
     tpot = (last - first) / (tokens - 1) if first is not None and tokens > 1 else None
     return Result(item.slo_class, 200, ttft, tpot, tokens, time.monotonic() - start)
