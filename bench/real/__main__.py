@@ -66,6 +66,7 @@ LABELS = {
     "vllm-router-rr": PEER_LABELS["vllm-router-rr"],
 }
 TARGET_LOADS = ("1.5", "2")
+DEFAULT_RATES = (0.5, 1.0, 1.5, 2.0)
 
 
 async def count(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> int | None:
@@ -496,10 +497,23 @@ def markdown(data: dict[str, Any]) -> str:
         "|---|---|---|",
         *targets(data),
         "",
-        "Command: `make bench-real` (or `python -m bench.real` with `SLUICE_VLLM_PYTHON` set).",
+        _command(data),
         "",
     ]
     return "\n".join(lines)
+
+
+def _command(data: dict[str, Any]) -> str:
+    """The command that makes a run with these loads (``make bench-real`` runs them all)."""
+    rates = list(data["runs"])
+    if rates == [f"{r:g}" for r in DEFAULT_RATES]:
+        return (
+            "Command: `make bench-real` (or `python -m bench.real` with `SLUICE_VLLM_PYTHON` set)."
+        )
+    return (
+        f"Command: `python -m bench.real --rates {' '.join(rates)}` (with `SLUICE_VLLM_PYTHON` "
+        "set; `make bench-real` runs every load)."
+    )
 
 
 def plot(data: dict[str, Any], path: Path) -> None:
@@ -541,7 +555,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--servers", type=int, default=2)
     parser.add_argument("--cores", type=int, default=2, help="servers are pinned round-robin")
-    parser.add_argument("--rates", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0])
+    parser.add_argument("--rates", type=float, nargs="+", default=list(DEFAULT_RATES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--span-s", type=float, default=30.0)
     parser.add_argument("--capacity-s", type=float, default=30.0)
