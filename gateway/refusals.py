@@ -19,7 +19,7 @@ def refusal(rejection: Rejection, demand: Demand) -> SluiceError:
         )
     if reason == "queue_timeout":
         return NoBackendAvailable(
-            f"no backend slot for model {model!r} within {rejection.budget_s:.3g}s",
+            f"no backend slot for model {model!r} within {rejection.budget_s:.2g}s",
             headers={"Retry-After": "1"},
         )
     if reason == "no_ready_backend":

@@ -80,8 +80,10 @@ async def test_waiting_requests_are_refused_when_their_budget_runs_out(
         backends=[{"name": "b0", "url": sim.url, "max_in_flight": 1}],
         scheduler={"admission": admission},
     )
+    # 150 tokens (~1 s): past the interactive class's 0.5 s, well within batch's 5 s even on a
+    # busy machine.
     long = asyncio.create_task(
-        _post(http, gateway.url, {"x-slo-class": "batch"}, {**BODY, "max_tokens": 400})
+        _post(http, gateway.url, {"x-slo-class": "batch"}, {**BODY, "max_tokens": 150})
     )
     await eventually(lambda: _true(bool(sim.server.engine.running)))
     # The next waits for the one slot, and fits its 5 s budget: it is served after the first.
