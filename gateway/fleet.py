@@ -355,9 +355,8 @@ class Fleet:
         """Some backend not excluded is meant to serve ``model`` (ready or not yet), or its
         base model when it is a configured adapter."""
         entry = self.adapters.config.get(model)
-        if entry is not None and any(b.name not in excluded for b in self.expected_for(entry.base)):
-            return True
-        return any(b.name not in excluded for b in self.expected_for(model))
+        models = (model,) if entry is None else (model, entry.base)
+        return any(b.name not in excluded for m in models for b in self.expected_for(m))
 
     def capacities(self) -> list[tuple[str, int | None]]:
         return [(b.name, b.kv_capacity) for b in self]

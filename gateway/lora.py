@@ -160,6 +160,8 @@ class AdapterBook:
                     self.unloaded(backend, victim)
 
     def unseated(self, backend: Backend, model: str) -> None:
+        """A request for ``model`` there ended. If none is left and the load it was placed
+        for never started (its lease was given back unused), that load is off."""
         slots = self._slots.get(backend.name)
         if slots is not None and slots.in_use[model] > 0:
             slots.in_use[model] -= 1
@@ -168,6 +170,8 @@ class AdapterBook:
                 event = slots.idle.pop(model, None)
                 if event is not None:
                     event.set()
+                if model in slots.loading and (backend.name, model) not in self._loads:
+                    self.failed(backend, model)
 
     def loaded(self, backend: Backend, adapter: str, took_s: float) -> None:
         """A load finished: it is resident there, and its time counts for the next."""

@@ -233,8 +233,6 @@ class GatewayMetrics:
             labels,
             registry=self.registry,
         )
-        # (model, class, served model) -> requests degraded so far, for /admin/stats
-        self.degraded_by_class: dict[tuple[str, str, str], int] = {}
         self.degraded = Counter(
             "sluice_degraded",
             "Requests served by a variant of the model they asked for",
@@ -332,8 +330,6 @@ class GatewayMetrics:
         self.requests.labels(*labels, record.outcome).inc()
         if record.degraded:
             self.degraded.labels(*labels, record.served_model, record.outcome).inc()
-            key = (record.model, record.slo.class_name, record.served_model or "")
-            self.degraded_by_class[key] = self.degraded_by_class.get(key, 0) + 1
         if record.queue_s is not None:
             self.queue_wait.labels(record.model).observe(record.queue_s)
         if record.outcome == "rejected":
@@ -353,6 +349,17 @@ class GatewayMetrics:
         ):
             if value is not None:
                 histogram.labels(*labels).observe(value)
+
+    def degraded_by_class(self) -> dict[tuple[str, str, str], int]:
+        """(model, class, served model) -> requests degraded so far, every outcome summed."""
+        counts: dict[tuple[str, str, str], int] = {}
+        for metric in self.degraded.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    labels = sample.labels
+                    key = (labels["model"], labels["slo_class"], labels["served_model"])
+                    counts[key] = counts.get(key, 0) + int(sample.value)
+        return counts
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

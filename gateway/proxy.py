@@ -178,8 +178,8 @@ class Proxy:
             return None
         self._metrics.admitted.labels(record.model, record.slo.class_name).inc()
         body = call.body
-        if record.served_model != record.model:  # degraded: the variant's name goes upstream
-            body = {**body, "model": record.served_model}
+        if record.degraded:  # the variant's name goes upstream
+            body = {**body, "model": served}
         if backend.config.priority_scheduling and lease.priority is not None:
             body = {**body, "priority": lease.priority}
         payload = json.dumps(backend.adapter.prepare(body, wants_usage=call.wants_usage))

@@ -88,6 +88,14 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+async def request_json(
+    http: aiohttp.ClientSession, method: str, url: str, body: Any = None
+) -> tuple[int, Any]:
+    """One call with a JSON body (or none): its status and its JSON answer."""
+    async with http.request(method, url, json=body) as response:
+        return response.status, await response.json()
+
+
 def openai_client(gateway: RunningServer, **headers: str) -> AsyncOpenAI:
     return AsyncOpenAI(
         base_url=gateway.url + "/v1", api_key="unused", max_retries=0, default_headers=headers

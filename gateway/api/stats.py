@@ -90,7 +90,7 @@ def _degrade(request: web.Request) -> dict[str, Any]:
         "degraded": [
             {"model": model, "slo_class": slo_class, "served_model": served, "requests": count}
             for (model, slo_class, served), count in sorted(
-                services.metrics.degraded_by_class.items()
+                services.metrics.degraded_by_class().items()
             )
         ],
     }

@@ -202,9 +202,7 @@ class Scheduler(Generic[S]):
             demand = first_route(demand, self.pressure)
         # Cold start: a model some backend is meant to serve waits for one to be ready (until
         # its deadline) rather than failing; only a model no backend could serve fails now.
-        routed: Demand | None = demand
-        while routed is not None and not self._fleet.serves(routed.model, excluded_set):
-            routed = next_route(routed)
+        routed = self._servable(demand, excluded_set)
         ticket = _Ticket(next(self._ids), routed or demand, excluded_set, loop.create_future())
         if routed is None:
             ticket.future.set_result(Rejection(ticket.id, "no_backend"))
@@ -380,6 +378,13 @@ class Scheduler(Generic[S]):
                 self._waiting[ticket_id].credit = credit
         return rerouted
 
+    def _servable(self, d: Demand, excluded: frozenset[str]) -> Demand | None:
+        """``d``, or its first later route, that some backend not excluded is meant to serve."""
+        routed: Demand | None = d
+        while routed is not None and not self._fleet.serves(routed.model, excluded):
+            routed = next_route(routed)
+        return routed
+
     def _reroute(self, ticket: _Ticket, rejection: Rejection, now: float) -> bool:
         """A refusal for its targets counts toward its model's pressure; while degrading is
         on there, the request is queued again for its next route that some backend serves,
@@ -391,8 +396,7 @@ class Scheduler(Generic[S]):
         if not d.variants or not pressure.on(d.asked):
             return False
         routed = next_route(d)
-        while routed is not None and not self._fleet.serves(routed.model, ticket.excluded):
-            routed = next_route(routed)
+        routed = None if routed is None else self._servable(routed, ticket.excluded)
         if routed is None:
             return False
         ticket.demand = routed

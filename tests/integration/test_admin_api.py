@@ -11,14 +11,7 @@ from openapi_spec_validator import validate
 
 from gateway.api.openapi import described
 from gateway.app import RunningServer
-from tests.conftest import MODEL, GatewayFactory, SimFactory, eventually
-
-
-async def _call(
-    http: aiohttp.ClientSession, method: str, url: str, body: Any = None
-) -> tuple[int, Any]:
-    async with http.request(method, url, json=body) as response:
-        return response.status, await response.json()
+from tests.conftest import MODEL, GatewayFactory, SimFactory, eventually, request_json
 
 
 async def _complete(
@@ -35,12 +28,14 @@ async def test_slo_class_routes(
 ) -> None:
     gw = await make_gateway([await make_sim()])
     classes = gw.url + "/admin/slo-classes"
-    status, listed = await _call(http, "GET", classes)
+    status, listed = await request_json(http, "GET", classes)
     assert status == 200
     assert listed["default_class"] == "batch"
     assert set(listed["slo_classes"]) == {"interactive", "batch"}
 
-    status, answer = await _call(http, "PUT", classes + "/gold", {"ttft_ms": 800, "tpot_ms": 40})
+    status, answer = await request_json(
+        http, "PUT", classes + "/gold", {"ttft_ms": 800, "tpot_ms": 40}
+    )
     assert status == 201
     assert answer["slo_class"]["on_unattainable"] == "reject"
     async with http.post(
@@ -49,22 +44,24 @@ async def test_slo_class_routes(
         headers={"x-slo-class": "gold"},
     ) as response:
         assert response.status == 200
-    status, answer = await _call(
+    status, answer = await request_json(
         http, "PUT", classes + "/gold", {"ttft_ms": 900, "tpot_ms": 40, "on_unattainable": "x"}
     )
     assert status == 400
     assert answer["error"]["param"] == "on_unattainable"
-    status, answer = await _call(http, "PUT", classes + "/gold", {"ttft_ms": 900, "tpot_ms": 45})
+    status, answer = await request_json(
+        http, "PUT", classes + "/gold", {"ttft_ms": 900, "tpot_ms": 45}
+    )
     assert status == 200
-    _, listed = await _call(http, "GET", classes)
+    _, listed = await request_json(http, "GET", classes)
     assert listed["slo_classes"]["gold"]["tpot_ms"] == 45
 
-    status, answer = await _call(http, "DELETE", classes + "/batch")
+    status, answer = await request_json(http, "DELETE", classes + "/batch")
     assert status == 409  # the default class
     assert answer["error"]["code"] == "slo_class_in_use"
-    status, answer = await _call(http, "DELETE", classes + "/nope")
+    status, answer = await request_json(http, "DELETE", classes + "/nope")
     assert status == 404
-    status, _ = await _call(http, "DELETE", classes + "/gold")
+    status, _ = await request_json(http, "DELETE", classes + "/gold")
     assert status == 200
     async with http.post(
         gw.url + "/v1/completions",
@@ -85,7 +82,7 @@ async def test_drain_disable_and_activate(
     # b0 drains while a long request runs there: that one finishes, new ones go to b1.
     long = asyncio.create_task(_complete(http, gw, max_tokens=300))
     await eventually(lambda: _is(bool(first.server.engine.running)), what="b0 busy")
-    status, answer = await _call(http, "PATCH", backend, {"state": "draining"})
+    status, answer = await request_json(http, "PATCH", backend, {"state": "draining"})
     assert status == 200
     assert answer["backend"]["state"] == "draining"
     assert not answer["backend"]["routable"]
@@ -95,15 +92,17 @@ async def test_drain_disable_and_activate(
     status, headers = await long
     assert (status, headers["x-sluice-backend"]) == (200, "b0")
 
-    status, _ = await _call(http, "PATCH", gw.url + "/admin/backends/b1", {"state": "disabled"})
+    status, _ = await request_json(
+        http, "PATCH", gw.url + "/admin/backends/b1", {"state": "disabled"}
+    )
     assert status == 200
     status, _ = await _complete(http, gw)
     assert status == 503  # nothing active serves the model
-    status, answer = await _call(http, "PATCH", backend, {"state": "paused"})
+    status, answer = await request_json(http, "PATCH", backend, {"state": "paused"})
     assert status == 400
     assert answer["error"]["param"] == "state"
 
-    status, _ = await _call(http, "PATCH", backend, {"state": "active"})
+    status, _ = await request_json(http, "PATCH", backend, {"state": "active"})
     assert status == 200
     status, headers = await _complete(http, gw)
     assert (status, headers["x-sluice-backend"]) == (200, "b0")
@@ -114,7 +113,7 @@ async def test_retarget_takes_traffic_once_the_backend_serves_the_model(
 ) -> None:
     old, moving = await make_sim(), await make_sim()
     gw = await make_gateway([old, moving], settings={"probe_interval_s": 0.1})
-    status, answer = await _call(
+    status, answer = await request_json(
         http, "PATCH", gw.url + "/admin/backends/b1", {"models": ["other-model"]}
     )
     assert status == 200
@@ -134,7 +133,9 @@ async def test_retarget_takes_traffic_once_the_backend_serves_the_model(
     await eventually(serves_it, what="b1 taking other-model's traffic after its probe")
     status, headers = await _complete(http, gw, model="other-model")
     assert headers["x-sluice-backend"] == "b1"
-    status, answer = await _call(http, "PATCH", gw.url + "/admin/backends/b1", {"pool": "p2"})
+    status, answer = await request_json(
+        http, "PATCH", gw.url + "/admin/backends/b1", {"pool": "p2"}
+    )
     assert answer["backend"]["pool"] == "p2"
 
 
@@ -146,7 +147,7 @@ async def test_openapi_document_is_valid_and_complete(
     make_sim: SimFactory, make_gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
     gw = await make_gateway([await make_sim()])
-    status, document = await _call(http, "GET", gw.url + "/admin/openapi.json")
+    status, document = await request_json(http, "GET", gw.url + "/admin/openapi.json")
     assert status == 200
     validate(document)
     routes = {

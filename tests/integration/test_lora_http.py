@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 
 from bench.sim.server import Faults
-from tests.conftest import MODEL, GatewayFactory, SimFactory
+from tests.conftest import MODEL, GatewayFactory, SimFactory, request_json
 
 ADAPTERS = {name: {"base": MODEL, "path": f"/adapters/{name}", "load_ms": 50} for name in "abc"}
 
@@ -19,13 +19,6 @@ async def _complete(
     body = {"model": model, "prompt": "hello", "max_tokens": 4}
     async with http.post(url + "/v1/completions", json=body) as response:
         return response.status, await response.json(), dict(response.headers)
-
-
-async def _admin(
-    http: aiohttp.ClientSession, method: str, url: str, body: Any = None
-) -> tuple[int, Any]:
-    async with http.request(method, url, json=body) as response:
-        return response.status, await response.json()
 
 
 async def test_an_adapter_is_loaded_once_where_it_is_sent_and_reused(
@@ -43,12 +36,12 @@ async def test_an_adapter_is_loaded_once_where_it_is_sent_and_reused(
     assert holders[0].server.adapters["a"] == "/adapters/a"
     assert sum(s.server.lora_loads for s in sims) == 1
     assert len(holders[0].server.received) == 4  # every request went where it is resident
-    _, backends = await _admin(http, "GET", gateway.url + "/admin/backends")
+    _, backends = await request_json(http, "GET", gateway.url + "/admin/backends")
     rows = {row["name"]: row["adapters"] for row in backends["backends"]}
     held = [name for name, row in rows.items() if row["resident"] == ["a"]]
     assert len(held) == 1
     assert rows[held[0]]["slots"] == 2  # read from the engine's vllm:lora_requests_info
-    _, listing = await _admin(http, "GET", gateway.url + "/admin/adapters")
+    _, listing = await request_json(http, "GET", gateway.url + "/admin/adapters")
     assert listing["adapters"]["a"]["resident_on"] == held
     assert 0 < listing["adapters"]["a"]["load_s"] < 5  # measured, not the prior
 
@@ -80,7 +73,7 @@ async def test_a_pinned_adapter_is_loaded_only_in_its_pool(
             {"name": "b1", "url": second.url, "pool": "tuned"},
         ],
     )
-    status, pinned = await _admin(
+    status, pinned = await request_json(
         http, "PUT", gateway.url + "/admin/adapters/a/pin", {"pool": "tuned"}
     )
     assert status == 200, pinned
@@ -90,13 +83,13 @@ async def test_a_pinned_adapter_is_loaded_only_in_its_pool(
         assert status == 200, body
         assert headers["x-sluice-backend"] == "b1"
     assert "a" not in first.server.adapters
-    status, bad = await _admin(http, "PUT", gateway.url + "/admin/adapters/a/pin", {"pol": 1})
+    status, bad = await request_json(http, "PUT", gateway.url + "/admin/adapters/a/pin", {"pol": 1})
     assert status == 400
     assert bad["error"]["param"] == "pool"
-    status, missing = await _admin(http, "DELETE", gateway.url + "/admin/adapters/zz/pin")
+    status, missing = await request_json(http, "DELETE", gateway.url + "/admin/adapters/zz/pin")
     assert status == 404
     assert missing["error"]["code"] == "adapter_not_found"
-    status, unpinned = await _admin(http, "DELETE", gateway.url + "/admin/adapters/a/pin")
+    status, unpinned = await request_json(http, "DELETE", gateway.url + "/admin/adapters/a/pin")
     assert status == 200
     assert unpinned["adapter"]["pool"] is None
 
@@ -109,7 +102,7 @@ async def test_adapters_are_added_at_run_time_and_unknown_ones_are_404(
     status, body, _ = await _complete(http, gateway.url, "sql")
     assert status == 404
     assert body["error"]["param"] == "model"
-    status, created = await _admin(
+    status, created = await request_json(
         http, "PUT", gateway.url + "/admin/adapters/sql", {"base": MODEL, "path": "/x/sql"}
     )
     assert status == 201, created
@@ -144,6 +137,6 @@ async def test_a_load_that_fails_is_retried_elsewhere(
     assert first.server.lora_failed == 1
     assert "a" not in first.server.adapters
     assert second.server.adapters == {"a": "/adapters/a"}
-    _, listing = await _admin(http, "GET", gateway.url + "/admin/adapters")
+    _, listing = await request_json(http, "GET", gateway.url + "/admin/adapters")
     assert listing["adapters"]["a"]["resident_on"] == ["b1"]
     assert listing["adapters"]["a"]["loading_on"] == []

@@ -13,20 +13,13 @@ from aiohttp import web
 
 from gateway.app import RunningServer, start_server
 from gateway.proxy import BACKEND_HEADER
-from tests.conftest import MODEL, GatewayFactory, SimFactory, eventually
+from tests.conftest import MODEL, GatewayFactory, SimFactory, eventually, request_json
 
 DEAD_URL = "http://127.0.0.1:9"  # nothing listens there: connection refused
 
 
-async def _call(
-    http: aiohttp.ClientSession, method: str, url: str, body: Any = None
-) -> tuple[int, Any]:
-    async with http.request(method, url, json=body) as response:
-        return response.status, await response.json()
-
-
 async def _layout(http: aiohttp.ClientSession, gw: RunningServer) -> list[list[str]]:
-    _, answer = await _call(http, "GET", gw.url + "/admin/pools")
+    _, answer = await request_json(http, "GET", gw.url + "/admin/pools")
     pool = answer["pools"].get(MODEL, {"macro_instances": []})
     return [[b["name"] for b in inst["backends"]] for inst in pool["macro_instances"]]
 
@@ -62,7 +55,7 @@ async def test_macro_instances_follow_the_fleet_across_replicas(
     ]
     for index, layout in enumerate(expected, start=1):
         backend = {"name": f"b{index}", "url": sims[index].url, "models": [MODEL]}
-        status, _ = await _call(http, "POST", first.url + "/admin/backends", backend)
+        status, _ = await request_json(http, "POST", first.url + "/admin/backends", backend)
         assert status == 201
         assert await _layout(http, first) == layout
 
@@ -78,7 +71,7 @@ async def test_macro_instances_follow_the_fleet_across_replicas(
     ) as stream:
         assert stream.status == 200
         victim = stream.headers[BACKEND_HEADER]
-        status, _ = await _call(http, "DELETE", second.url + f"/admin/backends/{victim}")
+        status, _ = await request_json(http, "DELETE", second.url + f"/admin/backends/{victim}")
         assert status == 202
         body = await stream.read()
     assert body.rstrip().endswith(b"data: [DONE]")
@@ -92,18 +85,18 @@ async def test_macro_instances_follow_the_fleet_across_replicas(
     assert await _layout(http, second) == after_removal[victim]
 
     # Bounds changed at run time re-lay the pool: one instance of up to 4.
-    status, answer = await _call(
+    status, answer = await request_json(
         http, "PUT", first.url + f"/admin/pools/{MODEL}", {"min_size": 1, "max_size": 4}
     )
     assert status == 200
     assert answer["pool"]["max_size"] == 4
     assert len(await _layout(http, first)) == 1
-    status, answer = await _call(
+    status, answer = await request_json(
         http, "PUT", first.url + f"/admin/pools/{MODEL}", {"min_size": 3, "max_size": 4}
     )
     assert status == 400
     assert "2*min_size-1" in answer["error"]["message"]
-    status, answer = await _call(http, "DELETE", first.url + "/admin/pools/nothing")
+    status, answer = await request_json(http, "DELETE", first.url + "/admin/pools/nothing")
     assert status == 404
     assert answer["error"]["code"] == "pool_not_found"
 
@@ -118,9 +111,9 @@ async def test_removing_backends_merges_instances(
         pools={MODEL: {"min_size": 1, "max_size": 2}},
     )
     assert await _layout(http, gw) == [["b0"], ["b1", "b2"]]
-    await _call(http, "DELETE", gw.url + "/admin/backends/b2")
+    await request_json(http, "DELETE", gw.url + "/admin/backends/b2")
     assert await _layout(http, gw) == [["b0", "b1"]]  # 1 + 1 <= N_u: merged
-    await _call(http, "DELETE", gw.url + "/admin/backends/b0")
+    await request_json(http, "DELETE", gw.url + "/admin/backends/b0")
     assert await _layout(http, gw) == [["b1"]]
 
 
@@ -133,7 +126,7 @@ async def test_rolling_activation_sticks_to_the_active_backend(
     answers = await asyncio.gather(*(_complete(http, gw) for _ in range(8)))
     assert all(status == 200 for status, _, _ in answers)
     used = {headers[BACKEND_HEADER] for _, headers, _ in answers}
-    _, pools = await _call(http, "GET", gw.url + "/admin/pools")
+    _, pools = await request_json(http, "GET", gw.url + "/admin/pools")
     assert pools["placement"] == "rolling"
     (instance,) = pools["pools"]["default"]["macro_instances"]
     assert used == {instance["active"]}
@@ -185,7 +178,9 @@ async def test_cold_start_holds_requests_and_recommends_scale_out(
         assert "cold start" in call["recommendation"]["reason"]
         assert not held.done()
         sim = await make_sim()
-        status, _ = await _call(http, "PATCH", gw.url + "/admin/backends/cold", {"url": sim.url})
+        status, _ = await request_json(
+            http, "PATCH", gw.url + "/admin/backends/cold", {"url": sim.url}
+        )
         assert status == 200
         status, headers, _ = await held
         assert status == 200

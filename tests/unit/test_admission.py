@@ -18,7 +18,13 @@ from tests.unit.test_guards import backend, running, wait
 BIG = 2000
 
 
-def decide(queue: list[WaitingView], views: list[BackendView], overrun: float = 0.25) -> Decisions:
+def decide(
+    queue: list[WaitingView],
+    views: list[BackendView],
+    overrun: float = 0.25,
+    *,
+    stretch: bool = True,
+) -> Decisions:
     loads = {v.name: BackendLoad.of(v) for v in views}
     return commitments(
         sorted(queue, key=ldf_key),
@@ -29,6 +35,7 @@ def decide(queue: list[WaitingView], views: list[BackendView], overrun: float = 
         admit_margin=0.99,
         vbs=True,
         overrun=overrun,
+        stretch=stretch,
     )
 
 
@@ -147,18 +154,7 @@ def test_the_arrival_test_stretches_a_backend_by_how_far_its_predictions_fall_sh
     stretched = decide([newcomer], [slow])
     assert stretched.committed == []
     assert stretched.refused == {1: pytest.approx(0.35)}  # 0.3 s + 0.05 margin
-    loads = {slow.name: BackendLoad.of(slow)}
-    plain = commitments(
-        [newcomer],
-        loads,
-        now=0.0,
-        margin_s=0.05,
-        epsilon=1.3,
-        admit_margin=0.99,
-        vbs=True,
-        overrun=0.25,
-        stretch=False,
-    )
+    plain = decide([newcomer], [slow], stretch=False)
     assert plain.committed == [1]
 
 

@@ -158,3 +158,13 @@ def test_an_adapter_of_a_model_none_serves_is_not_served(loop: asyncio.AbstractE
     refused = _queue(_fleet(one)).submit(_ask("a"), loop)[1].result()
     assert isinstance(refused, Rejection)
     assert refused.reason == "no_backend"
+
+
+def test_a_load_given_back_unused_is_off() -> None:
+    one, two = _backend("one"), _backend("two")
+    fleet = _fleet(one, two)
+    seat = fleet.seat("one", 1, Demand("a", 0.0, 9.0), 0, 0.0)  # placed to load a there
+    assert fleet.adapters.loadable(two, ["a"], two.models, 0.1) == {}  # one load at a time
+    fleet.unseat(seat)  # the lease went back before any load started
+    assert fleet.adapters.slots(one).loading == {}
+    assert fleet.adapters.loadable(two, ["a"], two.models, 0.2) == {"a": 0.5}
