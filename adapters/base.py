@@ -60,6 +60,7 @@ class StreamEvent:
     data: Mapping[str, Any] | None = None
     done: bool = False
     tokens: int = 0
+    text: str = ""  # the first choice's text in it
     usage: Mapping[str, Any] | None = None
     usage_only: bool = False
     error: Mapping[str, Any] | None = None
@@ -114,3 +115,18 @@ class EngineAdapter(Protocol):
         raises BackendUnreachable, BackendTimeout, or ValueError for an answer without a
         count."""
         ...
+
+
+def choice_text(payload: Mapping[str, Any]) -> str:
+    """The text the first choice of a reply or of a streamed chunk carries (chat: the
+    message's or the delta's content; completion: its text)."""
+    choices = payload.get("choices")
+    if not isinstance(choices, list):
+        return ""
+    for choice in choices:
+        if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+            continue
+        message = choice.get("delta", choice.get("message"))
+        text = message.get("content") if isinstance(message, dict) else choice.get("text")
+        return text if isinstance(text, str) else ""
+    return ""

@@ -20,6 +20,7 @@ from adapters.base import (
     StreamBroken,
     StreamEvent,
     Timeouts,
+    choice_text,
 )
 from adapters.prom import collect_samples, first_labels
 from adapters.sse import SseSplitter, event_data
@@ -79,6 +80,7 @@ def parse_event(raw: bytes) -> StreamEvent:
         raw=raw,
         data=payload,
         tokens=count_tokens(payload),
+        text=choice_text(payload),
         usage=usage if isinstance(usage, dict) else None,
         usage_only=isinstance(usage, dict) and choices == [],
         error=error if isinstance(error, dict) else None,

@@ -40,9 +40,11 @@ def open_text(path: Path) -> IO[str]:
 @dataclass(frozen=True, slots=True)
 class PromptSample:
     conversation: str
-    prompt: str
+    prompt: str  # the (last) user message
     prompt_tokens: int
     output_tokens: int
+    # The conversation before it: user and assistant messages in turn, the first a user's.
+    earlier: tuple[str, ...] = ()
 
 
 def load_sharegpt(path: Path | None = None, *, limit: int | None = None) -> list[PromptSample]:

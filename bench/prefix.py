@@ -23,7 +23,8 @@ import random
 import sys
 import tempfile
 import time
-import zlib
+from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from bench.peers import LABELS as PEER_LABELS
 from bench.peers import Fleet as PeerFleet
 from bench.procs import sim_fleet
 from bench.publish import REPORTS, publish
-from bench.sim.prefix_cache import token_ids
+from bench.sim.prefix_cache import reply_text, token_ids
 from bench.sim.profiles import get_profile
 from bench.sim.virtual import Arrival, simulate
 from bench.stats import percentile
@@ -106,15 +107,16 @@ def mooncake(count: int, max_tokens: int) -> list[tuple[float, PromptSample]]:
     return out
 
 
-THINK_S = 2.0  # between a turn and the conversation's next one (open loop)
-MAX_TURNS = 6  # a conversation's first turns only: the replay's span stays near its rate
+THINK_S = 2.0  # from a turn's answer to the conversation's next turn (closed loop)
+MAX_TURNS = 6  # a conversation's first turns only
 
 
 def sharegpt_turns(count: int, max_tokens: int) -> list[list[PromptSample]]:
-    """ShareGPT conversations of two turns or more, each turn's prompt its whole history:
-    the earlier turns' prompts and replies (the data set has reply lengths, not texts:
-    replies are stand-in words of the true length) and the new prompt. Token counts are the
-    simulator's (a word or mark each), so that a turn's tokens begin with the last turn's."""
+    """ShareGPT conversations of two turns or more, each turn a chat request with the whole
+    conversation before it: the earlier prompts and the replies the simulated engine gives
+    them (the data set has reply lengths, not texts; the engine's replies are
+    ``reply_text`` of the true length, so a turn quotes exactly what the last one got, as a
+    chat client does). Token counts are the simulator's (a word or mark each)."""
     rows: dict[str, list[dict[str, Any]]] = {}
     with open_text(data_file("sharegpt_lengths.jsonl")) as handle:
         for line in handle:
@@ -126,15 +128,15 @@ def sharegpt_turns(count: int, max_tokens: int) -> list[list[PromptSample]]:
         if len(turns) < 2:
             continue
         turns = sorted(turns, key=lambda r: int(r["turn"]))[:MAX_TURNS]
-        history = ""
+        earlier: tuple[str, ...] = ()
         samples = []
         for row in turns:
-            prompt = f"{history}\n<user> {row['prompt']}" if history else f"<user> {row['prompt']}"
             output = max(1, min(int(row["output_tokens"]), max_tokens))
-            tokens = len(token_ids(prompt))
-            samples.append(PromptSample(f"{name}-{row['turn']}", prompt, tokens, output))
-            reply = " ".join(_word(zlib.crc32(name.encode()) % 10_000, i) for i in range(output))
-            history = f"{prompt}\n<assistant> {reply}"
+            tokens = len(token_ids("\n".join((*earlier, row["prompt"]))))
+            samples.append(
+                PromptSample(f"{name}-{row['turn']}", row["prompt"], tokens, output, earlier)
+            )
+            earlier = (*earlier, row["prompt"], reply_text(output))
         if any(s.prompt_tokens + s.output_tokens > 16_000 for s in samples):
             continue  # beyond the profile's context
         conversations.append(samples)
@@ -147,28 +149,47 @@ def sharegpt_turns(count: int, max_tokens: int) -> list[list[PromptSample]]:
 def conversation_load(
     conversations: list[list[PromptSample]], rate: float, seed: int, think_s: float = THINK_S
 ) -> list[Planned]:
-    """Conversations starting by the Azure conversation trace's gaps, at ``rate`` requests
-    per second in all, each turn ``think_s`` after the one before (open loop)."""
+    """Conversations starting by the Azure conversation trace's gaps, each turn sent
+    ``think_s`` after the last one's answer (closed loop within a conversation). They start
+    at ``rate`` over their mean number of turns per second: once as many are under way as
+    start while one lasts, turns come at ``rate`` whatever the answers' times (Little)."""
     rng = random.Random(seed)
     turns = sum(len(c) for c in conversations)
-    # Over a span of turns/rate, the conversations start early enough for their last turns.
-    span = turns / rate
-    window = max(span - think_s * (MAX_TURNS - 1), span / 4)
-    starts = scaled_arrivals(azure_gaps(), len(conversations), len(conversations) / window)
+    starts = scaled_arrivals(azure_gaps(), len(conversations), rate * len(conversations) / turns)
     classes = list(SCORPIO_CLASSES)
-    items = [
-        Planned(start + k * think_s, sample, rng.choice(classes), sample.output_tokens)
-        for start, conversation in zip(starts, conversations, strict=True)
-        for k, sample in enumerate(conversation)
-    ]
-    return sorted(items, key=lambda i: i.at)
+    items: list[Planned] = []
+    for start, conversation in zip(starts, conversations, strict=True):
+        previous: Planned | None = None
+        for sample in conversation:
+            at = start if previous is None else think_s
+            previous = Planned(
+                at, sample, rng.choice(classes), sample.output_tokens, follows=previous
+            )
+            items.append(previous)
+    return items
 
 
-def ideal_hit_rate(count: int) -> float:
-    """The share of prompt tokens that could hit at most: each request's leading blocks seen
-    in any earlier request, as one server with an unbounded cache would find them."""
-    seen: set[int] = set()
-    hit = total = 0
+def measured(items: list[Planned], results: list[Result]) -> tuple[list[Result], float]:
+    """The results a run's figures count, and the seconds they were sent over. Open loop:
+    all of them, from the first sent to the last. With conversations (closed loop), only
+    the steady part: the turns sent from a third of the way through the conversations'
+    starts to the last start, as the first third fills up with conversations under way and
+    after the last start they only drain."""
+    if all(i.follows is None for i in items):
+        stamps = [r.sent_at for r in results]
+        return results, (max(stamps) - min(stamps) if stamps else 0.0)
+    last = max(i.at for i in items if i.follows is None)
+    lo = last / 3
+    return [r for r in results if lo <= r.sent_at <= last], last - lo
+
+
+def mooncake_hits(count: int, blocks: int | None = None) -> list[int]:
+    """Per request, the prompt tokens that could hit at most: its leading blocks seen in any
+    earlier request, as one server with an unbounded cache would find them (with
+    ``blocks``, one whose cache holds that many of the trace's blocks, least recently used
+    out first)."""
+    seen: OrderedDict[int, None] = OrderedDict()
+    hits: list[int] = []
     with open_text(data_file("traces/mooncake_conversation_trace.jsonl")) as handle:
         for n, line in enumerate(handle):
             if n >= count:
@@ -180,21 +201,58 @@ def ideal_hit_rate(count: int) -> float:
                 if block not in seen:
                     break
                 run += 1
-            hit += min(run * BLOCK_TOKENS, length - 1)
-            total += length
-            seen.update(ids)
-    return hit / total if total else 0.0
+            hits.append(min(run * BLOCK_TOKENS, length - 1))
+            for block in ids:
+                seen[block] = None
+                seen.move_to_end(block)
+            while blocks is not None and len(seen) > blocks:
+                seen.popitem(last=False)
+    return hits
 
 
-def capacity(samples: list[PromptSample]) -> float:
-    """Requests/s one server completes saturated by this mix, with no cache hits (engine
-    model, virtual time): the load scale, the same for every system."""
+def conversation_hits(conversations: list[list[PromptSample]]) -> list[int]:
+    """Per turn, the prompt tokens that could hit at most: the last turn's prompt and the
+    KV its reply filled (all but the reply's last token), in whole blocks."""
+    block = get_profile(PROFILE).block_size
+    hits: list[int] = []
+    for conversation in conversations:
+        for n, sample in enumerate(conversation):
+            if n == 0:
+                hits.append(0)
+                continue
+            last = conversation[n - 1]
+            reach = (last.prompt_tokens + last.output_tokens - 1) // block * block
+            hits.append(min(reach, sample.prompt_tokens - 1))
+    return hits
+
+
+def ceiling(samples: list[PromptSample], hits: list[int]) -> tuple[float, float]:
+    """(the share of the prompts' tokens that could hit, how many times the requests a
+    server serves if every one of them hit, against none: its prefill skipped, its KV
+    unchanged (a hit's KV is still read by every decode); the most any placement can gain
+    from the cache)."""
+    total = sum(s.prompt_tokens for s in samples)
+    return sum(hits) / total, capacity(samples, 1000.0, hits) / capacity(samples, 1000.0)
+
+
+def capacity(
+    samples: list[PromptSample], arrival_rps: float = 50.0, hits: list[int] | None = None
+) -> float:
+    """Requests/s one server completes saturated by this mix, arriving at ``arrival_rps``,
+    with no cache hits or with ``hits`` prompt tokens of each found cached (engine model,
+    virtual time): the load scale, the same for every system."""
     profile = get_profile(PROFILE)
-    arrivals = [Arrival(i / 50.0, s.prompt_tokens, s.output_tokens) for i, s in enumerate(samples)]
+    found = hits if hits is not None else [0] * len(samples)
+    arrivals = [
+        Arrival(i / arrival_rps, s.prompt_tokens, s.output_tokens, known_hit=h)
+        for i, (s, h) in enumerate(zip(samples, found, strict=True))
+    ]
     done = simulate(profile, arrivals)
     finishes = sorted(r.finished_at or 0.0 for r in done)
     lo, hi = len(finishes) // 4, 3 * len(finishes) // 4
-    return (hi - lo) / (finishes[hi] - finishes[lo])
+    served = (hi - lo) / (finishes[hi] - finishes[lo])
+    assert served < 0.9 * arrival_rps, "not saturated: send them faster"
+    return served
 
 
 def plan_load(trace: list[tuple[float, PromptSample]], rate: float, seed: int) -> list[Planned]:
@@ -209,7 +267,7 @@ def plan_load(trace: list[tuple[float, PromptSample]], rate: float, seed: int) -
     ]
 
 
-def run_system(items: list[Planned], name: str, span: float) -> dict[str, Any]:
+def run_system(items: list[Planned], name: str, capacity_rps: float) -> dict[str, Any]:
     spec = SYSTEMS[name]
     started = time.monotonic()
     counters: dict[str, int] = {}
@@ -224,11 +282,13 @@ def run_system(items: list[Planned], name: str, span: float) -> dict[str, Any]:
         prefix_caching=True,
         counters=counters,
     )
-    summary = summarize(outcome, 1.0, span)
+    counted, span = measured(items, outcome)
+    summary = summarize(counted, 1.0, span)
+    summary["offered_load"] = len(counted) / span / capacity_rps
     queries, hits = counters.get("prefix_queries", 0), counters.get("prefix_hits", 0)
     summary["hit_rate"] = hits / queries if queries else 0.0
     summary["wall_s"] = round(time.monotonic() - started, 1)
-    ttfts = [r.ttft_s * 1000 for r in outcome if r.status == 200 and r.ttft_s is not None]
+    ttfts = [r.ttft_s * 1000 for r in counted if r.status == 200 and r.ttft_s is not None]
     summary["ttft_p50_ms"] = percentile(ttfts, 50)
     return summary
 
@@ -238,11 +298,8 @@ def sweep(
 ) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     for load, items in plans.items():
-        span = items[-1].at
-        offered = len(items) / span / capacity_rps
         for system in systems:
-            row = run_system(items, system, span)
-            row["offered_load"] = offered
+            row = run_system(items, system, capacity_rps)
             results.setdefault(f"{load:g}", {})[system] = row
             print(
                 f"{name} {load:g}x {system}: goodput {row['goodput_rps']:.2f} req/s, attainment "
@@ -252,6 +309,19 @@ def sweep(
                 flush=True,
             )
     return results
+
+
+def _fleet_lru_hit_rate(trace: list[tuple[float, PromptSample]]) -> float:
+    """The share of the prompts' tokens that would hit in one cache as large as the whole
+    fleet's KV, least recently used out first."""
+    kv = get_profile(PROFILE).kv_tokens * BACKENDS
+    hits = mooncake_hits(len(trace), blocks=kv // BLOCK_TOKENS)
+    return sum(hits) / sum(s.prompt_tokens for _, s in trace)
+
+
+def _ceiling(samples: list[PromptSample], hits: list[int]) -> dict[str, float]:
+    rate, gain = ceiling(samples, hits)
+    return {"ideal_hit_rate": rate, "ceiling_gain": gain}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -267,11 +337,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "hash ids do), arrivals by the trace's times rescaled to each load",
             "requests": len(trace),
             "capacity_rps": fleet,
-            "ideal_hit_rate": ideal_hit_rate(len(trace)),
+            **_ceiling([s for _, s in trace], mooncake_hits(len(trace))),
+            "fleet_lru_hit_rate": _fleet_lru_hit_rate(trace),
             "results": sweep("mooncake", plans, args.systems, fleet),
         }
     if "sharegpt" in args.traces:
-        conversations = sharegpt_turns(args.requests, args.max_tokens)
+        conversations = sharegpt_turns(args.conversation_turns, args.max_tokens)
         turns = [s for c in conversations for s in c]
         fleet = capacity(turns) * BACKENDS
         print(f"sharegpt: capacity {fleet:.2f} req/s for the fleet", flush=True)
@@ -282,12 +353,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         traces["sharegpt"] = {
             "description": f"{len(conversations)} ShareGPT conversations ({len(turns)} turns, "
             f"the first {MAX_TURNS} at most of each) replayed turn by turn with their whole "
-            "history (replies as stand-in words of the "
-            f"true length), each turn {THINK_S:g} s after the one before, conversations "
-            "starting by the Azure conversation trace's gaps",
+            "history as chat messages (each reply quoted as the simulated engine gave it, "
+            f"of the true length), each turn sent {THINK_S:g} s after the last one's answer "
+            "(or refusal), conversations starting by the Azure conversation trace's gaps; the "
+            "figures count the turns sent from a third of the way through the conversations' "
+            "starts to the last start (the steady part)",
             "requests": len(turns),
             "capacity_rps": fleet,
-            "ideal_hit_rate": None,
+            **_ceiling(turns, conversation_hits(conversations)),
             "results": sweep("sharegpt", plans, args.systems, fleet),
         }
     return {
@@ -315,7 +388,8 @@ def verdicts(data: dict[str, Any]) -> list[str]:
                 verdict = "met" if gain is not None and gain >= TARGET_GAIN else "missed"
                 lines.append(
                     f"- {trace} at {load}x: goodput {_fmt(gain, '.2f')}x Sluice without prefix "
-                    f"awareness (target >= {TARGET_GAIN}: {verdict})."
+                    f"awareness (target >= {TARGET_GAIN}: {verdict}; every possible hit would "
+                    f"give a server {block['ceiling_gain']:.2f}x the capacity of none)."
                 )
             lines.append(
                 f"- {trace} at {load}x: fleet hit rate {mine['hit_rate']:.3f} with prefix "
@@ -349,6 +423,22 @@ def http_verdicts(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _ceiling_lines(block: dict[str, Any]) -> list[str]:
+    lines = [
+        f"At most {block['ideal_hit_rate']:.3f} of these prompts' tokens could hit at all "
+        "(as one server with an unbounded cache would find them); were every one of them a "
+        f"hit, a server would serve {block['ceiling_gain']:.2f}x the requests it serves with "
+        "none (the engine model with their prefill skipped, KV unchanged): the most any "
+        "placement can gain from the cache on this trace."
+    ]
+    if block.get("fleet_lru_hit_rate") is not None:
+        lines[0] += (
+            f" One cache as large as the whole fleet's KV would hit "
+            f"{block['fleet_lru_hit_rate']:.3f} of them (least recently used out first)."
+        )
+    return lines
+
+
 def markdown(data: dict[str, Any]) -> str:
     lines = [
         "# Prefix-cache-aware placement",
@@ -357,8 +447,9 @@ def markdown(data: dict[str, Any]) -> str:
         f"automatic prefix caching; {data['backends']} simulated {data['profile']} servers; "
         f"replies of the traces' lengths up to {data['max_tokens']} tokens; SCORPIO's six "
         "classes drawn uniformly. Loads are multiples of the fleet's capacity on each trace "
-        "without cache hits; `offered` is what the arrivals offer over their span (a "
-        "conversation's later turns extend it). Hit rate: the engines' own prefix-cache "
+        "without cache hits; `offered` is the requests sent over the span from the first to the "
+        "last, per system (a conversation's turns wait for the answers, so a slower system "
+        "is offered less). Hit rate: the engines' own prefix-cache "
         "counters (hit tokens over queried tokens).",
     ]
     for trace, block in data["traces"].items():
@@ -385,13 +476,7 @@ def markdown(data: dict[str, Any]) -> str:
                     f"{_fmt(row['ttft_p50_ms'], '.0f')} | {_fmt(row['ttft_p99_ms'], '.0f')} | "
                     f"{row['hit_rate']:.3f} | {row['rejection_rate']:.3f} |"
                 )
-        if block.get("ideal_hit_rate") is not None:
-            lines += [
-                "",
-                f"At most {block['ideal_hit_rate']:.3f} of these prompts' tokens could hit at "
-                "all (each request's leading blocks seen in any earlier one, as one server with "
-                "an unbounded cache would find them).",
-            ]
+        lines += ["", *_ceiling_lines(block)]
     http = data.get("http")
     if http is not None:
         lines += [
@@ -400,7 +485,7 @@ def markdown(data: dict[str, Any]) -> str:
             "",
             f"{http['description'][0].upper()}{http['description'][1:]}; capacity "
             f"{http['capacity_rps']:.2f} req/s in modelled time; `offered` is the requests "
-            "offered over the span of arrivals against it. Times below are modelled "
+            "sent over the span from the first to the last. Times below are modelled "
             "(measured / dilation).",
             "",
             "| load | offered | system | goodput req/s | vs best peer | attainment offered | "
@@ -488,7 +573,7 @@ def _sluice_config(urls: list[str], dilation: float, *, prefix: bool) -> dict[st
 
 
 async def http_system(
-    name: str, items: list[Planned], args: argparse.Namespace, span: float
+    name: str, items: list[Planned], args: argparse.Namespace, capacity_rps: float
 ) -> dict[str, Any]:
     """One system over real sockets in front of a fresh simulated fleet, time dilated."""
     dilation = args.dilation
@@ -523,13 +608,25 @@ async def http_system(
                 )
                 async with aiohttp.ClientSession() as http:
                     after = await _prefix_counters(http, urls)
-    summary = summarize(outcome, dilation, span)
+    counted, span = measured(items, outcome)
+    span /= dilation
+    summary = summarize(counted, dilation, span)
+    summary["offered_load"] = len(counted) / span / capacity_rps
     queries, hits = after[0] - before[0], after[1] - before[1]
     summary["hit_rate"] = hits / queries if queries else 0.0
-    ttfts = [r.ttft_s / dilation * 1000 for r in outcome if r.status == 200 and r.ttft_s]
+    ttfts = [r.ttft_s / dilation * 1000 for r in counted if r.status == 200 and r.ttft_s]
     summary["ttft_p50_ms"] = percentile(ttfts, 50)
     summary["wall_s"] = round(time.monotonic() - started, 1)
     return summary
+
+
+def dilated(items: list[Planned], dilation: float) -> list[Planned]:
+    """The same items with their times stretched ``dilation`` times (followers kept)."""
+    out: dict[int, Planned] = {}
+    for item in items:  # a turn comes after the one it follows
+        follows = out[id(item.follows)] if item.follows is not None else None
+        out[id(item)] = replace(item, at=item.at * dilation, follows=follows)
+    return list(out.values())
 
 
 async def http_part(args: argparse.Namespace) -> dict[str, Any]:
@@ -544,14 +641,9 @@ async def http_part(args: argparse.Namespace) -> dict[str, Any]:
         planned = conversation_load(
             conversations, load * fleet, seed=int(load * 100), think_s=HTTP_THINK_S
         )
-        span = planned[-1].at
-        items = [
-            Planned(i.at * args.dilation, i.sample, i.slo_class, i.max_tokens) for i in planned
-        ]
-        offered = len(planned) / span / fleet
+        items = dilated(planned, args.dilation)
         for name in args.http_systems:
-            row = await http_system(name, items, args, span)
-            row["offered_load"] = offered
+            row = await http_system(name, items, args, fleet)
             results.setdefault(f"{load:g}", {})[name] = row
             print(
                 f"http {load:g}x {name}: goodput {row['goodput_rps']:.2f} req/s, attainment "
@@ -565,7 +657,7 @@ async def http_part(args: argparse.Namespace) -> dict[str, Any]:
         f"on, cached tokens reported) and the system in front of it, time dilated "
         f"{args.dilation:g}x (engine steps, SLOs, think time and Sluice's priors alike); "
         f"replies of the true length up to {args.http_max_tokens} tokens (ignore_eos); "
-        f"{HTTP_THINK_S:g} s between a conversation's turns",
+        f"each turn sent {HTTP_THINK_S:g} s after the last one's answer",
         "requests": len(turns),
         "capacity_rps": fleet,
         "dilation": args.dilation,
@@ -580,6 +672,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument(
         "--traces", nargs="+", default=["mooncake", "sharegpt"], choices=["mooncake", "sharegpt"]
+    )
+    parser.add_argument(
+        "--conversation-turns", type=int, default=12_000, help="ShareGPT turns, in all"
     )
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--out", type=Path, default=REPORTS)

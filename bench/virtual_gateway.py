@@ -19,9 +19,10 @@ from typing import cast
 
 from adapters.base import EngineAdapter, EngineLoad
 from bench.sim.engine import Engine, SimRequest, Step, TokenHook
-from bench.sim.prefix_cache import block_hashes, token_ids
+from bench.sim.prefix_cache import reply_text, split_blocks, token_ids
 from bench.sim.profiles import Profile
-from bench.workload import SCORPIO_CLASSES, Planned, Result
+from bench.sim.server import prompt_texts
+from bench.workload import SCORPIO_CLASSES, Planned, Result, chat_messages
 from gateway.config import (
     AdapterConfig,
     BackendConfig,
@@ -33,7 +34,7 @@ from gateway.config import (
 )
 from gateway.estimate import demand, estimate
 from gateway.fleet import Backend, Fleet, InFlight
-from gateway.prefix_index import chunk_hashes, prompt_text
+from gateway.prefix_index import answer_hashes, chunk_hashes, prompt_text
 from gateway.runtime import fair_share, make_policy, prefix_index
 from gateway.scheduling.degrade import Pressure, PressureRules
 from gateway.scheduling.scheduler import Scheduler
@@ -43,6 +44,10 @@ from predictor.model import LengthModel
 
 MODEL = "virtual-model"
 GUARD_REASONS = ("ttft_unattainable", "ttft_late", "tpot_unattainable")
+
+
+def _body(item: Planned) -> dict[str, object]:
+    return {"model": MODEL, "max_tokens": item.max_tokens, "messages": chat_messages(item.sample)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +286,18 @@ def run_virtual(
         engines[backend.name] = engine
 
     pending: dict[int, tuple[Planned, float, asyncio.Future[Placement | Rejection]]] = {}
+    # Arrivals by time; a conversation's next turn joins once the one it follows is answered.
+    after = {id(i.follows): i for i in items if i.follows is not None}
+    arrivals = [(i.at, n, i) for n, i in enumerate(items) if i.follows is None]
+    heapq.heapify(arrivals)
+    sequence = itertools.count(len(items))
+
+    def answered(item: Planned, arrival: float, result: Result) -> None:
+        result.sent_at = arrival
+        results.append(result)
+        follower = after.get(id(item))
+        if follower is not None:
+            heapq.heappush(arrivals, (now[0] + follower.at, next(sequence), follower))
 
     def start_step(name: str) -> None:
         if name not in steps:
@@ -297,29 +314,32 @@ def run_virtual(
             placement = future.result()
             if isinstance(placement, Rejection):
                 if placement.reason == "no_backend":
-                    results.append(Result(item.slo_class, 503, tenant=item.tenant))
+                    answered(item, arrival, Result(item.slo_class, 503, tenant=item.tenant))
                     continue
                 reason = placement.reason if placement.reason in GUARD_REASONS else "error"
-                results.append(
+                answered(
+                    item,
+                    arrival,
                     Result(
                         item.slo_class,
                         429,
                         elapsed_s=now[0] - arrival,
                         reason=reason,
                         tenant=item.tenant,
-                    )
+                    ),
                 )
                 continue
             seat = queue.seat_of(ticket)
             assert seat is not None
             inflight = seat.request
             true_output = min(item.sample.output_tokens, item.max_tokens)
-            blocks = (
-                block_hashes(
-                    token_ids(item.sample.prompt, item.sample.prompt_tokens), profile.block_size
+            blocks, tail = (
+                split_blocks(
+                    token_ids(prompt_texts(_body(item), True)[0], item.sample.prompt_tokens),
+                    profile.block_size,
                 )
                 if prefix_caching
-                else ()
+                else ((), ())
             )
             served = placement.model or MODEL
 
@@ -331,6 +351,7 @@ def run_virtual(
                 ticket: int = ticket,
                 true_output: int = true_output,
                 blocks: tuple[int, ...] = blocks,
+                tail: tuple[int, ...] = tail,
                 served: str = served,
             ) -> None:
                 sim = engines[placement.backend].submit(
@@ -340,6 +361,7 @@ def run_virtual(
                     stream=False,
                     now=now[0],
                     block_hashes=blocks,
+                    tail=tail,
                 )
                 live[(placement.backend, sim.id)] = _Live(
                     ticket, placement.backend, inflight, item, arrival, sim, served
@@ -353,11 +375,7 @@ def run_virtual(
 
     def arrive(item: Planned) -> None:
         ttft_ms, tpot_ms = SCORPIO_CLASSES[item.slo_class]
-        body = {
-            "model": MODEL,
-            "max_tokens": item.max_tokens,
-            "messages": [{"role": "user", "content": item.sample.prompt}],
-        }
+        body = _body(item)
         slo = SloTarget(
             item.slo_class,
             ttft_ms * slo_scale,
@@ -372,24 +390,21 @@ def run_virtual(
         ticket, future = queue.submit(wanted, loop)
         pending[ticket] = (item, now[0], future)
 
-    arrivals = sorted(items, key=lambda i: i.at)
-    index = 0
     tick = scheduler.tick_ms / 1000
     next_tick = tick
-    while index < len(arrivals) or pending or steps or timers:
+    while arrivals or pending or steps or timers:
         candidates = [t for t, _ in steps.values()]
         if timers:
             candidates.append(timers[0][0])
-        if index < len(arrivals):
-            candidates.append(arrivals[index].at)
+        if arrivals:
+            candidates.append(arrivals[0][0])
         if pending:
             candidates.append(next_tick)
         if not candidates:
             break
         now[0] = min(candidates)
-        if index < len(arrivals) and arrivals[index].at <= now[0]:
-            arrive(arrivals[index])
-            index += 1
+        if arrivals and arrivals[0][0] <= now[0]:
+            arrive(heapq.heappop(arrivals)[2])
         while timers and timers[0][0] <= now[0]:
             heapq.heappop(timers)[2]()
         for name, (end, step) in sorted(steps.items()):
@@ -399,10 +414,14 @@ def run_virtual(
                 start_step(name)
         for key in finished:
             state = live.pop(key)
-            if queue.prefix is not None and report_cached:
-                queue.prefix.correct(
-                    state.backend, state.inflight.cached_tokens, state.sim.cached_tokens
-                )
+            if queue.prefix is not None:
+                if report_cached:
+                    queue.prefix.correct(
+                        state.backend, state.inflight.cached_tokens, state.sim.cached_tokens
+                    )
+                # What the relay would see of the reply, as the proxy records it.
+                reply = reply_text(state.tokens)
+                queue.prefix.record(state.backend, answer_hashes(_body(state.item), reply))
             queue.finish(state.ticket)
             tpot = None
             if state.first is not None and state.last is not None and state.tokens > 1:
@@ -410,7 +429,9 @@ def run_virtual(
             ttft = None if state.first is None else state.first - state.arrival
             item = state.item
             elapsed = now[0] - state.arrival
-            results.append(
+            answered(
+                item,
+                state.arrival,
                 Result(
                     item.slo_class,
                     200,
@@ -420,7 +441,7 @@ def run_virtual(
                     elapsed,
                     tenant=item.tenant,
                     model=state.model,
-                )
+                ),
             )
         if finished:
             finished.clear()

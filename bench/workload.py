@@ -52,12 +52,26 @@ def scaled_arrivals(gaps: list[float], count: int, rate: float, offset: int = 0)
 
 @dataclass(frozen=True, slots=True)
 class Planned:
+    """A request to send: at ``at`` seconds from the start, or, one that ``follows`` another
+    (a conversation's next turn), ``at`` seconds after that one's answer ended or was
+    refused (closed loop within a conversation, as a user replies only once answered)."""
+
     at: float
     sample: PromptSample
     slo_class: str
     max_tokens: int
     tenant: str | None = None
     adapter: str | None = None  # the LoRA adapter it asks for, if any
+    follows: Planned | None = None
+
+
+def chat_messages(sample: PromptSample) -> list[dict[str, str]]:
+    """The sample as a chat request's messages: its earlier turns, then its prompt."""
+    roles = ("user", "assistant")
+    return [
+        {"role": roles[n % 2], "content": text}
+        for n, text in enumerate((*sample.earlier, sample.prompt))
+    ]
 
 
 @dataclass(slots=True)
@@ -71,6 +85,7 @@ class Result:
     reason: str | None = None
     tenant: str | None = None
     model: str | None = None  # the model that served it (a variant's, when degraded)
+    sent_at: float = 0.0  # seconds after the run's start it was sent
 
 
 def plan(
@@ -117,7 +132,7 @@ async def send(
 ) -> Result:
     body: dict[str, Any] = {
         "model": model,
-        "messages": [{"role": "user", "content": item.sample.prompt}],
+        "messages": chat_messages(item.sample),
         "max_tokens": item.max_tokens,
         "stream": True,
         **(extra or {}),
@@ -162,19 +177,40 @@ async def run_open_loop(
     progress: Callable[[int, int], None] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> list[Result]:
-    """Send ``items`` at their planned times; with several URLs, round-robin over them."""
+    """Send ``items`` at their planned times, each that follows another once that one is
+    answered; with several URLs, round-robin over them. Results in the order of ``items``."""
     targets = [urls] if isinstance(urls, str) else urls
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None)
+    after = {id(i.follows): i for i in items if i.follows is not None}
+    order = {id(item): n for n, item in enumerate(items)}
+    results: list[Result | None] = [None] * len(items)
+    sent = itertools.count()
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
         start = time.monotonic()
+
+        async def turns(item: Planned) -> None:
+            while True:
+                n = next(sent)
+                sent_at = time.monotonic() - start
+                result = await send(http, targets[n % len(targets)], model, item, headers, extra)
+                result.sent_at = sent_at
+                results[order[id(item)]] = result
+                if progress is not None:
+                    progress(n + 1, len(items))
+                follower = after.get(id(item))
+                if follower is None:
+                    return
+                await asyncio.sleep(follower.at)
+                item = follower
+
         tasks = []
-        for n, item in enumerate(items):
+        for item in (i for i in items if i.follows is None):
             delay = start + item.at - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            url = targets[n % len(targets)]
-            tasks.append(asyncio.create_task(send(http, url, model, item, headers, extra)))
-            if progress is not None:
-                progress(n + 1, len(items))
-        return list(await asyncio.gather(*tasks))
+            tasks.append(asyncio.create_task(turns(item)))
+        await asyncio.gather(*tasks)
+    missing = sum(r is None for r in results)
+    assert not missing, f"{missing} requests never sent: a turn follows one not among the items"
+    return [r for r in results if r is not None]

@@ -239,6 +239,14 @@ class GatewayMetrics:
             [*labels, "served_model", "outcome"],
             registry=self.registry,
         )
+        self.prefix_cached = Counter(
+            "sluice_prefix_cached_tokens",
+            "Prompt tokens found in a backend's prefix cache, over the replies that report "
+            "them: as the gateway's prefix index expected (source=expected) and as the "
+            "backend reported (source=reported)",
+            ["backend", "source"],
+            registry=self.registry,
+        )
         self.rejected = Counter(
             "sluice_rejected",
             "Requests refused, by reason",
@@ -338,6 +346,10 @@ class GatewayMetrics:
                 self.time_to_reject.labels(record.model).observe(record.e2e_s)
         if record.outcome != "ok":
             return
+        if record.cached_tokens is not None and record.expected_cached_tokens is not None:
+            backend = record.backend or "unknown"
+            self.prefix_cached.labels(backend, "expected").inc(record.expected_cached_tokens)
+            self.prefix_cached.labels(backend, "reported").inc(record.cached_tokens)
         if record.met_slo:
             self.good.labels(*labels).inc()
         else:

@@ -8,6 +8,9 @@ last, bounded by the backend's KV capacity in chunks; the oldest go first, as vL
 its least recently used free blocks. A reply that reports its cached tokens
 (``usage.prompt_tokens_details.cached_tokens``) corrects the bound: a backend that had
 less than expected evicts sooner than assumed (its running requests hold part of its cache).
+vLLM caches the blocks a reply fills as well as the prompt's, and a conversation's next turn
+quotes the reply: so once a reply is complete its text joins the index too
+(``answer_hashes``), and the next turn's match counts the reply's chunks as cached.
 
 Per replica: with several replicas each knows what it sent (a load balancer that keeps a
 conversation on one replica keeps its index whole); nothing here goes to Redis.
@@ -38,6 +41,35 @@ def prompt_text(body: Mapping[str, Any]) -> str:
         return "\n".join(parts)
     prompt = body.get("prompt", "")
     return " ".join(str(p) for p in prompt) if isinstance(prompt, list) else str(prompt)
+
+
+MAX_REPLY_CHARS = 1 << 20  # a reply longer than this is not indexed (nor held in memory)
+
+
+class ReplyText:
+    """A reply's text as it is relayed, kept only up to ``MAX_REPLY_CHARS``."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self._chars = 0
+
+    def add(self, text: str) -> None:
+        if text and self._chars <= MAX_REPLY_CHARS:
+            self._chars += len(text)
+            self._parts.append(text)
+
+    @property
+    def text(self) -> str | None:
+        """The whole text; None when it ran past the bound."""
+        return "".join(self._parts) if self._chars <= MAX_REPLY_CHARS else None
+
+
+def answer_hashes(body: Mapping[str, Any], reply: str) -> tuple[int, ...]:
+    """The chunks of a conversation's prompt and the reply it got, as its next turn will
+    send them (the reply as the assistant's message; a completion continues its prompt)."""
+    if isinstance(body.get("messages"), list):
+        return chunk_hashes(f"{prompt_text(body)}\n<assistant>{reply}")
+    return chunk_hashes(prompt_text(body) + reply)
 
 
 def chunk_hashes(text: str) -> tuple[int, ...]:

@@ -23,6 +23,7 @@ from adapters.base import (
     StreamEvent,
     Timeouts,
     UpstreamResponse,
+    choice_text,
 )
 from gateway.errors import (
     NoBackendAvailable,
@@ -36,7 +37,7 @@ from gateway.estimate import demand
 from gateway.fleet import Fleet, Seat
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import is_openai_error
-from gateway.prefix_index import chunk_hashes, prompt_text
+from gateway.prefix_index import ReplyText, answer_hashes, chunk_hashes, prompt_text
 from gateway.records import RecordLog, RequestRecord
 from gateway.scheduling.scheduler import Lease, Scheduler
 from gateway.scheduling.snapshot import Demand, Route
@@ -111,11 +112,14 @@ class Proxy:
                         if upstream is None:
                             excluded.add(slot.lease.backend)
                             continue
+                        reply = ReplyText() if self._scheduler.prefix is not None else None
                         try:
-                            return await self._relay(request, upstream, call, record, slot.lease)
+                            return await self._relay(
+                                request, upstream, call, record, slot.lease, reply
+                            )
                         finally:
                             upstream.close()
-                            self._correct_prefix(slot.lease, record)
+                            self._learn_prefix(slot.lease, call, record, reply)
             except NoBackendAvailable as exc:
                 if not excluded:
                     raise
@@ -208,17 +212,33 @@ class Proxy:
         call: GenerationCall,
         record: RequestRecord,
         lease: Lease[Seat],
+        reply: ReplyText | None,
     ) -> web.StreamResponse:
+        """Relay the answer; ``reply``, when given, collects the reply's text."""
         if upstream.status != 200:
             return await self._relay_status(upstream, record, lease)
         if record.stream:
-            return await self._relay_stream(request, upstream, call, record, lease)
-        return await self._relay_body(upstream, record, lease)
+            return await self._relay_stream(request, upstream, call, record, lease, reply)
+        return await self._relay_body(upstream, record, lease, reply)
 
-    def _correct_prefix(self, lease: Lease[Seat], record: RequestRecord) -> None:
+    def _learn_prefix(
+        self,
+        lease: Lease[Seat],
+        call: GenerationCall,
+        record: RequestRecord,
+        reply: ReplyText | None,
+    ) -> None:
+        """The prefix index learns from an answer: the cached tokens it reports correct the
+        backend's bound, and a complete reply is cached there now beside its prompt."""
         index = self._scheduler.prefix
-        if index is not None and record.cached_tokens is not None:
-            index.correct(lease.backend, lease.seat.request.cached_tokens, record.cached_tokens)
+        if index is None:
+            return
+        if record.cached_tokens is not None:
+            record.expected_cached_tokens = lease.seat.request.cached_tokens
+            index.correct(lease.backend, record.expected_cached_tokens, record.cached_tokens)
+        text = reply.text if reply is not None else None
+        if record.outcome == "ok" and text:
+            index.record(lease.backend, answer_hashes(call.body, text))
 
     def _headers(self, record: RequestRecord) -> dict[str, str]:
         headers = {REQUEST_ID_HEADER: record.id}
@@ -252,7 +272,11 @@ class Proxy:
         raise UpstreamError(f"backend {record.backend} answered HTTP {upstream.status}")
 
     async def _relay_body(
-        self, upstream: UpstreamResponse, record: RequestRecord, lease: Lease[Seat]
+        self,
+        upstream: UpstreamResponse,
+        record: RequestRecord,
+        lease: Lease[Seat],
+        reply: ReplyText | None,
     ) -> web.StreamResponse:
         try:
             data = await upstream.read()
@@ -265,11 +289,15 @@ class Proxy:
         self._fleet.response_ok(lease.seat.backend)
         record.finish = self._clock()
         try:
-            usage = json.loads(data).get("usage")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            usage = None
-        if isinstance(usage, dict):
-            _take_usage(record, usage)
+            answer = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            answer = None
+        if isinstance(answer, dict):
+            usage = answer.get("usage")
+            if isinstance(usage, dict):
+                _take_usage(record, usage)
+            if reply is not None:
+                reply.add(choice_text(answer))
         record.outcome, record.status = "ok", 200
         return web.Response(
             status=200, body=data, content_type="application/json", headers=self._headers(record)
@@ -282,6 +310,7 @@ class Proxy:
         call: GenerationCall,
         record: RequestRecord,
         lease: Lease[Seat],
+        reply: ReplyText | None,
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             status=200,
@@ -296,6 +325,8 @@ class Proxy:
             await response.prepare(request)
             async for event in upstream.events():
                 self._observe(event, record, lease)
+                if reply is not None:
+                    reply.add(event.text)
                 if event.usage_only and not call.wants_usage:
                     continue
                 async with asyncio.timeout(self._send_timeout_s):

@@ -31,6 +31,7 @@ class RequestRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cached_tokens: int | None = None  # prompt tokens the backend reported cached
+    expected_cached_tokens: int | None = None  # as the prefix index expected them there
     outcome: Outcome = "pending"
     status: int = 0
     estimate: Estimate | None = field(default=None, repr=False)

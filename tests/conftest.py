@@ -96,6 +96,15 @@ async def request_json(
         return response.status, await response.json()
 
 
+async def metric_sum(http: aiohttp.ClientSession, url: str, prefix: str) -> float:
+    """The sum of the /metrics samples whose line starts with ``prefix``."""
+    async with http.get(url + "/metrics") as response:
+        text = await response.text()
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+    )
+
+
 def openai_client(gateway: RunningServer, **headers: str) -> AsyncOpenAI:
     return AsyncOpenAI(
         base_url=gateway.url + "/v1", api_key="unused", max_retries=0, default_headers=headers

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bench.sim.prefix_cache import PrefixCache
+from bench.sim.prefix_cache import ROOT, PrefixCache, next_block, reply_id
 from bench.sim.profiles import Profile
 
 FINISHED = -1
@@ -47,9 +47,12 @@ class SimRequest:
     finish_reason: str = "length"
     token_times: list[float] = field(default_factory=list)
     tokens: asyncio.Queue[int] | None = None
-    block_hashes: tuple[int, ...] = ()  # the prompt's full blocks, chained (prefix_cache)
-    held: tuple[int, ...] = ()  # cached blocks it shares, from admission until it leaves
+    # Its full blocks, chained (prefix_cache): the prompt's, then those its reply fills.
+    block_hashes: list[int] = field(default_factory=list)
+    tail: list[int] = field(default_factory=list)  # token ids after its last full block
+    held: tuple[int, ...] = ()  # its leading blocks in the cache, shared or computed by it
     cached_tokens: int = 0  # prompt tokens its first admission found cached
+    known_hit: int = 0  # prompt tokens taken as cached whatever the cache holds (for bounds)
 
     @property
     def context(self) -> int:
@@ -125,7 +128,13 @@ class Engine:
         stream: bool = True,
         now: float | None = None,
         block_hashes: tuple[int, ...] = (),
+        tail: tuple[int, ...] = (),
+        known_hit: int = 0,
     ) -> SimRequest:
+        """``block_hashes``: the prompt's full blocks; ``tail``: the ids of its tokens after
+        them (only those make the reply's blocks hash as a next turn's prompt will).
+        ``known_hit``: that many of its prompt tokens count as found in the cache on its first
+        admission, whatever it holds (their KV is its own; an upper bound's oracle)."""
         if self.max_queued is not None and len(self.waiting) >= self.max_queued:
             self.counters.rejected += 1
             raise QueueFull
@@ -138,7 +147,9 @@ class Engine:
             arrival=self.clock() if now is None else now,
             prefill_target=prompt,
             tokens=asyncio.Queue() if stream else None,
-            block_hashes=block_hashes,
+            block_hashes=list(block_hashes),
+            tail=list(tail),
+            known_hit=min(max(0, known_hit), prompt - 1),
         )
         self.waiting.append(request)
         self._wake.set()
@@ -175,15 +186,18 @@ class Engine:
     def _cached_prefix(self, request: SimRequest) -> None:
         """On admission: the longest run of its prompt's blocks already cached is shared, not
         computed (at least one token is always computed, as vLLM recomputes the last)."""
+        if request.known_hit and not request.computed and not request.preemptions:
+            request.computed = request.cached_tokens = request.known_hit
+            return
         cache = self.cache
         if cache is None or request.computed or not request.block_hashes:
             return
         usable = min(
-            len(request.block_hashes), (request.prompt_tokens - 1) // self.profile.block_size
+            len(request.block_hashes), (request.prefill_target - 1) // self.profile.block_size
         )
         hit = cache.match(request.block_hashes[:usable])
         if hit:
-            request.held = request.block_hashes[:hit]
+            request.held = tuple(request.block_hashes[:hit])
             cache.acquire(request.held)
             request.computed = hit * self.profile.block_size
         if request.preemptions == 0:
@@ -194,10 +208,33 @@ class Engine:
         cache = self.cache
         if cache is None:
             return
-        done = min(request.computed, request.prompt_tokens) // self.profile.block_size
+        done = min(request.computed // self.profile.block_size, len(request.block_hashes))
         cache.release(request.held, request.block_hashes[len(request.held) : done])
         request.held = ()
         self._fit_cache()
+
+    def _register(self, request: SimRequest) -> None:
+        """Its newly computed full blocks go into the cache at once (vLLM caches a block as
+        soon as it is full), still held by it: a request arriving meanwhile can share them."""
+        cache = self.cache
+        if cache is None or not request.block_hashes:
+            return
+        done = min(request.computed // self.profile.block_size, len(request.block_hashes))
+        start = len(request.held)
+        if done > start:
+            fresh = request.block_hashes[start:done]
+            adopted = cache.adopt(fresh)
+            request.held = request.held + tuple(fresh[:adopted])
+
+    def _grow(self, request: SimRequest) -> None:
+        """Its reply's latest token joins its token ids; a full block gets its hash."""
+        if not request.block_hashes and not request.tail:
+            return  # not cached at all
+        request.tail.append(reply_id(request.generated - 1))
+        if len(request.tail) == self.profile.block_size:
+            previous = request.block_hashes[-1] if request.block_hashes else ROOT
+            request.block_hashes.append(next_block(previous, request.tail))
+            request.tail.clear()
 
     def _fit_cache(self) -> None:
         """Evict free cached blocks that no longer fit beside those in use."""
@@ -287,17 +324,20 @@ class Engine:
                 continue
             request.computed += chunk
             self.counters.prompt_tokens += chunk
+            self._register(request)
             if not request.prefilling:
                 emitting.append(request)
         for request in step.decodes:
             if not request.aborted and request in self.running:
                 request.computed += 1
+                self._register(request)
                 emitting.append(request)
         for request in emitting:
             self._emit(request, now)
 
     def _emit(self, request: SimRequest, now: float) -> None:
         request.generated += 1
+        self._grow(request)
         self.counters.generation_tokens += 1
         if request.first_token_at is None:
             request.first_token_at = now

@@ -4,8 +4,12 @@ A prompt's token ids are cut into blocks of ``block_size``; each full block is n
 hash chained on the previous block's, so a block is reused only when everything before it
 matches too. Blocks in use by running requests are counted once however many share them; a
 finished request's blocks stay cached, free, until space is needed, and then the least
-recently used go first. The token ids come from the text (``token_ids``): the same words
-give the same ids in every process, so a repeated prefix hits wherever it went before.
+recently used go first. As in vLLM, a block is cached as soon as it is computed, so a
+request arriving while another with the same prefix still runs shares its blocks, and the
+blocks of generated tokens are cached too: the next turn of a conversation, whose prompt is
+the last one's plus its reply, hits both. The token ids come from the text (``token_ids``):
+the same words give the same ids in every process, so a repeated prefix hits wherever it went
+before; the simulator's replies are ``reply_text``, whose ids are ``reply_id``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,19 @@ from collections.abc import Sequence
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 ROOT = 0x5EED
+# The simulated engine's replies: these words in turn, a token each.
+VOCAB = ("the", "a", "model", "token", "of", "and", "to", "in", "serve", "latency", "is", "fast")
+_VOCAB_IDS = tuple(zlib.crc32(word.encode("utf-8")) for word in VOCAB)
+
+
+def reply_text(tokens: int) -> str:
+    """The text of a simulated reply of ``tokens`` tokens."""
+    return " ".join(VOCAB[i % len(VOCAB)] for i in range(tokens))
+
+
+def reply_id(index: int) -> int:
+    """The token id of a simulated reply's ``index``-th token (``token_ids`` of its word)."""
+    return _VOCAB_IDS[index % len(_VOCAB_IDS)]
 
 
 def token_ids(text: str, length: int | None = None) -> list[int]:
@@ -32,12 +49,24 @@ def token_ids(text: str, length: int | None = None) -> list[int]:
 
 def block_hashes(ids: Sequence[int], block_size: int) -> tuple[int, ...]:
     """The chained hash of each full block of ``ids``."""
+    return split_blocks(ids, block_size)[0]
+
+
+def split_blocks(ids: Sequence[int], block_size: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(the chained hash of each full block of ``ids``, the ids after the last full one)."""
     hashes: list[int] = []
     previous = ROOT
-    for start in range(0, len(ids) - block_size + 1, block_size):
-        previous = hash((previous, *ids[start : start + block_size]))
+    full = len(ids) - len(ids) % block_size
+    for start in range(0, full, block_size):
+        previous = next_block(previous, ids[start : start + block_size])
         hashes.append(previous)
-    return tuple(hashes)
+    return tuple(hashes), tuple(ids[full:])
+
+
+def next_block(previous: int, ids: Sequence[int]) -> int:
+    """The hash of a full block of ``ids`` after the block hashed ``previous`` (``ROOT``
+    before the first)."""
+    return hash((previous, *ids))
 
 
 class PrefixCache:
@@ -62,6 +91,18 @@ class PrefixCache:
         for h in hashes:
             if h not in self._in_use and h not in self._free:
                 break
+            count += 1
+        return count
+
+    def adopt(self, hashes: Sequence[int]) -> int:
+        """A running request computed these blocks: they are cached now, held by it. Stops at
+        the first one cached already (another request computed it meanwhile: this request's
+        copy stays its own); returns how many it adopted."""
+        count = 0
+        for h in hashes:
+            if h in self._in_use or h in self._free:
+                break
+            self._in_use[h] = 1
             count += 1
         return count
 

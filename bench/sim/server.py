@@ -21,13 +21,12 @@ from aiohttp import web
 from bench.sim.engine import FINISHED, Engine, QueueFull, SimRequest
 from bench.sim.lengths import LengthDistribution, LengthTable
 from bench.sim.metrics import VllmMetrics
-from bench.sim.prefix_cache import block_hashes, token_ids
+from bench.sim.prefix_cache import VOCAB, reply_id, reply_text, split_blocks, token_ids
 from bench.sim.profiles import Profile
 from predictor.features import content_text
 
 VERSION = "0.32.0"
 _WORD = re.compile(r"\w+|[^\w\s]")
-_VOCAB = ("the", "a", "model", "token", "of", "and", "to", "in", "serve", "latency", "is", "fast")
 
 
 def count_tokens(text: str) -> int:
@@ -82,6 +81,8 @@ class _Parsed:
     priority: int
     finish_reason: str
     block_hashes: tuple[int, ...] = ()
+    tail: tuple[int, ...] = ()  # the prompt's token ids after its last full block
+    prompt_ids: tuple[int, ...] = ()  # kept only for return_token_ids
 
 
 class SimServer:
@@ -225,7 +226,7 @@ class SimServer:
         tokens = body.get("tokens") if body else None
         if not isinstance(tokens, list):
             return vllm_error("tokens must be a list", "BadRequestError", 400)
-        return web.json_response({"prompt": " ".join(_VOCAB[int(t) % len(_VOCAB)] for t in tokens)})
+        return web.json_response({"prompt": " ".join(VOCAB[int(t) % len(VOCAB)] for t in tokens)})
 
     async def _load_lora(self, request: web.Request) -> web.Response:
         body = await _json_object(request) or {}
@@ -317,9 +318,13 @@ class SimServer:
                 "Please request fewer output tokens.",
                 "max_tokens",
             )
+        given = _token_prompt(body) if not chat else None
         text, key = prompt_texts(body, chat)
-        known = self.lengths.lookup(key)
-        prompt_tokens = known.prompt_tokens if known else count_tokens(text)
+        known = self.lengths.lookup(key) if given is None else None
+        if given is not None:
+            prompt_tokens = len(given)
+        else:
+            prompt_tokens = known.prompt_tokens if known else count_tokens(text)
         if prompt_tokens >= max_len:
             raise BadRequest(
                 f"This model's maximum context length is {max_len} tokens. However, your "
@@ -342,6 +347,7 @@ class SimServer:
             floor = body.get("min_tokens")
             output = min(ceiling, max(natural, floor if isinstance(floor, int) else 0))
         priority = body.get("priority", 0)
+        ids = given if given is not None else token_ids(text, prompt_tokens)
         return _Parsed(
             body,
             chat,
@@ -349,7 +355,8 @@ class SimServer:
             max(1, output),
             priority if isinstance(priority, int) else 0,
             "length" if output >= ceiling else "stop",
-            block_hashes(token_ids(text, prompt_tokens), self.profile.block_size),
+            *split_blocks(ids, self.profile.block_size),
+            prompt_ids=tuple(ids) if body.get("return_token_ids") else (),
         )
 
     async def _generate(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
@@ -377,6 +384,7 @@ class SimServer:
                 parsed.output_tokens,
                 parsed.priority,
                 block_hashes=parsed.block_hashes,
+                tail=parsed.tail,
             )
             sim.finish_reason = parsed.finish_reason
         except QueueFull:
@@ -392,7 +400,7 @@ class SimServer:
         assert sim.tokens is not None
         while await sim.tokens.get() != FINISHED:
             pass
-        text = " ".join(_VOCAB[i % len(_VOCAB)] for i in range(sim.generated))
+        text = reply_text(sim.generated)
         base = _envelope(parsed, final=True)
         if parsed.chat:
             choice: dict[str, Any] = {
@@ -416,6 +424,9 @@ class SimServer:
                 "stop_reason": None,
                 "prompt_logprobs": None,
             }
+        if parsed.body.get("return_token_ids"):
+            choice["prompt_token_ids"] = list(parsed.prompt_ids)
+            choice["token_ids"] = [reply_id(i) for i in range(sim.generated)]
         usage = self._usage(sim)
         return web.json_response(
             {**base, "choices": [choice], "usage": usage, "prompt_logprobs": None}
@@ -457,7 +468,8 @@ class SimServer:
                 assert request.transport is not None
                 request.transport.abort()
                 return response
-            word = " " + _VOCAB[(index - 1) % len(_VOCAB)]
+            # The deltas add up to the whole reply's text, as vLLM's incremental detokenizer's.
+            word = ("" if index == 1 else " ") + VOCAB[(index - 1) % len(VOCAB)]
             finish = parsed.finish_reason if index >= sim.output_tokens else None
             if parsed.chat:
                 choice: dict[str, Any] = {
@@ -483,6 +495,18 @@ class SimServer:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+
+def _token_prompt(body: dict[str, Any]) -> list[int] | None:
+    """A completion's prompt given as token ids, as vLLM takes them; else None."""
+    prompt = body.get("prompt")
+    if (
+        isinstance(prompt, list)
+        and prompt
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+    ):
+        return prompt
+    return None
 
 
 async def _json_object(request: web.Request) -> dict[str, Any] | None:

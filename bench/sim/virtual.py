@@ -18,6 +18,7 @@ class Arrival:
     prompt_tokens: int
     output_tokens: int
     priority: int = 0
+    known_hit: int = 0  # prompt tokens taken as cached (Engine.submit)
 
 
 def simulate(profile: Profile, arrivals: Sequence[Arrival], *, seed: int = 0) -> list[SimRequest]:
@@ -31,7 +32,14 @@ def simulate(profile: Profile, arrivals: Sequence[Arrival], *, seed: int = 0) ->
         while index < len(pending) and pending[index].at <= clock[0]:
             a = pending[index]
             requests.append(
-                engine.submit(a.prompt_tokens, a.output_tokens, a.priority, stream=False, now=a.at)
+                engine.submit(
+                    a.prompt_tokens,
+                    a.output_tokens,
+                    a.priority,
+                    stream=False,
+                    now=a.at,
+                    known_hit=a.known_hit,
+                )
             )
             index += 1
         step = engine.plan(clock[0])

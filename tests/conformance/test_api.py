@@ -385,6 +385,41 @@ def test_a_repeated_prompt_hits_the_prefix_cache(target: Target) -> None:
     assert warm < cold
 
 
+def _block_size(target: Target) -> int:
+    text = httpx.get(target.url + "/metrics").text
+    info = next(line for line in text.splitlines() if line.startswith("vllm:cache_config_info{"))
+    return int(info.split('block_size="', 1)[1].split('"', 1)[0])
+
+
+def test_a_reply_is_cached_with_its_prompt(target: Target) -> None:
+    # A conversation's next turn quotes the last reply: the engine caches the blocks the
+    # reply filled, not only the prompt's (bench.sim.engine does the same).
+    block = _block_size(target)
+    first = _post(
+        target,
+        "/v1/completions",
+        {
+            "model": target.model,
+            "prompt": _fresh_prompt(100),
+            "max_tokens": 3 * block,
+            "ignore_eos": True,
+            "return_token_ids": True,
+        },
+    )
+    assert first.status_code == 200, first.text
+    choice = first.json()["choices"][0]
+    prompt, reply = choice["prompt_token_ids"], choice["token_ids"]
+    assert len(reply) == 3 * block
+    before = _gauge(target, "vllm:prefix_cache_hits_total")
+    follow_up = {"model": target.model, "prompt": prompt + reply + prompt[:8], "max_tokens": 1}
+    assert _post(target, "/v1/completions", follow_up).status_code == 200
+    hits = _gauge(target, "vllm:prefix_cache_hits_total") - before
+    # Every full block of the prompt and the reply but its last token (whose KV is never
+    # computed), well past the prompt's own blocks.
+    assert hits == (len(prompt) + len(reply) - 1) // block * block
+    assert hits > len(prompt) + block
+
+
 def test_lora_adapters_load_serve_and_unload(target: Target) -> None:
     """What gateway.lora relies on: loads and unloads at run time, the listing with parents,
     the slots in vllm:lora_requests_info, requests naming an adapter, and the errors."""

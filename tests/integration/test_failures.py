@@ -11,7 +11,15 @@ import openai
 import pytest
 
 from bench.sim.fleet import RunningSim
-from tests.conftest import FAST, MODEL, GatewayFactory, SimFactory, eventually, openai_client
+from tests.conftest import (
+    FAST,
+    MODEL,
+    GatewayFactory,
+    SimFactory,
+    eventually,
+    metric_sum,
+    openai_client,
+)
 
 BODY = {"model": MODEL, "prompt": "p", "max_tokens": 4, "ignore_eos": True}
 
@@ -34,14 +42,6 @@ def _assert_openai_error(body: dict[str, Any]) -> dict[str, Any]:
     return error
 
 
-async def _metric(http: aiohttp.ClientSession, url: str, prefix: str) -> float:
-    async with http.get(url + "/metrics") as response:
-        text = await response.text()
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
-    )
-
-
 async def test_refused_backend_is_retried_on_another(
     make_sim: SimFactory, make_gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -53,7 +53,7 @@ async def test_refused_backend_is_retried_on_another(
         assert status == 200, body
         assert headers["x-sluice-backend"] == "b1"
     # The first request found b0 dead and retried; the second was not sent there at all.
-    assert await _metric(http, gateway.url, "sluice_upstream_retries_total") == 1
+    assert await metric_sum(http, gateway.url, "sluice_upstream_retries_total") == 1
     assert len(alive.server.received) == 2
 
 
@@ -140,7 +140,7 @@ async def test_mid_stream_failure_ends_with_an_error_event(
         await consume()
     assert len(received) == 3
     await client.close()
-    failed = await _metric(
+    failed = await metric_sum(
         http, gateway.url, 'sluice_requests_total{model="sim-model",outcome="failed"'
     )
     assert failed == 1
@@ -195,7 +195,7 @@ async def test_client_disconnect_while_waiting_for_a_full_reply(
 
 async def _gateway_in_flight(url: str) -> float:
     async with aiohttp.ClientSession() as http:
-        return await _metric(http, url, "sluice_backend_in_flight")
+        return await metric_sum(http, url, "sluice_backend_in_flight")
 
 
 async def test_first_byte_timeout_is_504(

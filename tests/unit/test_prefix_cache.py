@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bench.sim.engine import Engine, SimRequest
-from bench.sim.prefix_cache import PrefixCache, block_hashes, token_ids
+from bench.sim.prefix_cache import PrefixCache, block_hashes, reply_text, split_blocks, token_ids
 from bench.sim.profiles import Profile
 
 
@@ -106,3 +106,50 @@ def test_without_prefix_caching_nothing_is_shared() -> None:
     _run(engine, again, end)
     assert again.cached_tokens == 0
     assert engine.counters.prefix_queries == 0
+
+
+def test_a_next_turn_hits_the_blocks_of_the_reply_it_quotes() -> None:
+    # vLLM caches the blocks a reply fills too: a conversation's next turn, whose prompt is
+    # the last prompt and its reply and a new message, finds both cached.
+    profile = Profile("t", 0, 1, 1, noise_cv=0, kv_blocks=1000, block_size=16)
+    engine = Engine(profile)
+    prompt = " ".join(f"p{i}" for i in range(40))  # 2 full blocks and 8 tokens
+    hashes, tail = split_blocks(token_ids(prompt), 16)
+    first = engine.submit(40, 30, now=0.0, block_hashes=hashes, tail=tail)
+    end = _run(engine, first, 0.0)
+    # 40 prompt tokens and the KV of 29 of the 30 generated ones (the last is never fed
+    # back): 4 full blocks.
+    follow_up = f"{prompt} {reply_text(30)} " + " ".join(f"n{i}" for i in range(20))
+    ids = token_ids(follow_up)
+    assert len(ids) == 90
+    hashes, tail = split_blocks(ids, 16)
+    second = engine.submit(90, 1, now=end, block_hashes=hashes, tail=tail)
+    _run(engine, second, end)
+    assert second.cached_tokens == 64
+    # A reply that differs from what the engine generated hits only the prompt's blocks.
+    other = f"{prompt} " + " ".join(f"r{i}" for i in range(30)) + " tail"
+    hashes, tail = split_blocks(token_ids(other), 16)
+    third = engine.submit(71, 1, now=end, block_hashes=hashes, tail=tail)
+    _run(engine, third, end)
+    assert third.cached_tokens == 32
+
+
+def test_a_request_shares_the_blocks_of_one_still_running() -> None:
+    # Blocks are cached as soon as they are computed, not when their request ends.
+    profile = Profile("t", 0, 1, 1, noise_cv=0, kv_blocks=1000, block_size=16)
+    engine = Engine(profile)
+    hashes = block_hashes(token_ids("x", 320), 16)
+    long_reply = engine.submit(320, 500, now=0.0, block_hashes=hashes)
+    now = 0.0
+    while long_reply.generated < 5:  # prefilled, decoding
+        step = engine.plan(now)
+        assert step is not None
+        now += step.duration
+        engine.complete(step, now)
+    joiner = engine.submit(320, 1, now=now, block_hashes=hashes)
+    step = engine.plan(now)
+    assert joiner.cached_tokens == 304
+    assert engine.cache is not None
+    assert engine.cache.in_use == 20  # the prompt's blocks, held by both, counted once
+    assert step is not None
+    assert long_reply.finished_at is None

@@ -3,7 +3,15 @@ the guards counting a backend's expected cache hits."""
 
 from __future__ import annotations
 
-from gateway.prefix_index import CHUNK_CHARS, PrefixIndex, chunk_hashes, prompt_text
+from gateway.prefix_index import (
+    CHUNK_CHARS,
+    MAX_REPLY_CHARS,
+    PrefixIndex,
+    ReplyText,
+    answer_hashes,
+    chunk_hashes,
+    prompt_text,
+)
 from gateway.scheduling.guards import BackendLoad, admit, placement_cost, predicted_prefill
 from gateway.scheduling.latency import PrefillParams
 from gateway.scheduling.policy import SloPolicy
@@ -28,6 +36,40 @@ def test_chunks_chain_and_conversations_share_their_history() -> None:
     assert chunk_hashes("y" + HISTORY)[1] != chunk_hashes(HISTORY)[1]
     assert chunk_hashes("short") == ()
     assert prompt_text({"prompt": ["a", "b"]}) == "a b"
+
+
+def test_an_answer_covers_the_next_turn_as_far_as_its_reply() -> None:
+    reply = "answer " * 100  # 700 characters: past two more chunk boundaries
+    first = {"messages": [{"role": "user", "content": HISTORY + " first"}]}
+    later = {
+        "messages": [
+            *first["messages"],
+            {"role": "assistant", "content": reply},
+            {"role": "user", "content": "more"},
+        ]
+    }
+    answered, next_turn = answer_hashes(first, reply), chunk_hashes(prompt_text(later))
+    assert len(answered) == 6 > len(chunk_hashes(prompt_text(first)))
+    assert next_turn[:6] == answered
+    # A reply the client changed (or another one) matches only as far as the prompt.
+    changed = answer_hashes(first, "other " * 120)
+    assert changed[:4] == answered[:4]
+    assert changed[4] != answered[4]
+    # A completion continues its prompt.
+    completion = {"prompt": HISTORY}
+    assert answer_hashes(completion, "y" * CHUNK_CHARS) == chunk_hashes(HISTORY + "y" * CHUNK_CHARS)
+
+
+def test_a_reply_past_the_bound_is_not_kept() -> None:
+    reply = ReplyText()
+    reply.add("a")
+    reply.add("")
+    reply.add("b")
+    assert reply.text == "ab"
+    reply.add("c" * MAX_REPLY_CHARS)
+    assert reply.text is None
+    reply.add("d")  # nothing more is held
+    assert reply.text is None
 
 
 def test_index_matches_leading_chunks_and_evicts_the_oldest() -> None:
