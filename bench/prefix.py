@@ -1,17 +1,23 @@
-"""Benchmark of prefix-cache-aware placement (virtual time).
+"""Benchmark of prefix-cache-aware placement (virtual time, and over HTTP with the peers).
 
 The gateway's own scheduler, guards, latency models, length predictor and prefix index,
 driven in virtual time against the simulator's engine with vLLM's automatic prefix caching
-(bench.virtual_gateway). Trace: the Mooncake conversation trace, whose ``hash_ids`` name
-512-token blocks; each request's prompt is built of word blocks that repeat exactly where the
-hash ids do, so the engines' caches hit where Mooncake's did. Arrivals by the trace's own
-times, rescaled to each load; replies of the trace's lengths (capped); SCORPIO's six classes
-drawn uniformly. Four simulated Llama-3.1-8B/H100 servers.
+(bench.virtual_gateway). Traces: the Mooncake conversation trace, whose ``hash_ids`` name
+512-token blocks (each request's prompt is built of word blocks that repeat exactly where the
+hash ids do, so the engines' caches hit where Mooncake's did; arrivals by the trace's own
+times, rescaled to each load); ShareGPT conversations, each turn a chat request quoting the
+earlier turns and the engine's replies to them, sent once the last turn is answered (closed
+loop; measured over the steady part); and the single-turn ShareGPT mix of the guards
+benchmark, to show that nothing regressed. SCORPIO's six classes drawn uniformly; four
+simulated Llama-3.1-8B/H100 servers. Beside the results, what the cache could give at most
+on each trace (``ceiling``).
 
 Systems, same fleet, arrivals and prompts: Sluice with prefix awareness (prefill, KV fit
 and placement count each backend's expected cached prefix; replies report cached tokens),
 Sluice without it, and least-loaded forwarding (no gateway queue), the engines caching in
-every case. Writes bench/reports/prefix.{json,md,png}.
+every case. With ``--http``, the ShareGPT conversations over real sockets against
+vllm-router's and SMG's cache-aware policies, time dilated. Writes
+bench/reports/prefix.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -30,8 +36,8 @@ from typing import Any
 
 import aiohttp
 
-from bench.data import PromptSample, data_file, open_text
-from bench.guards import BACKENDS, dilated_env, gateway_config, summarize
+from bench.data import PromptSample, data_file, load_sharegpt, open_text
+from bench.guards import BACKENDS, capacity_per_backend, dilated_env, gateway_config, summarize
 from bench.peers import CACHE_AWARE, client_headers, running
 from bench.peers import LABELS as PEER_LABELS
 from bench.peers import Fleet as PeerFleet
@@ -49,6 +55,7 @@ from bench.workload import (
     azure_gaps,
     run_open_loop,
     scaled_arrivals,
+    scorpio_load,
 )
 from gateway.config import LatencyPrior, SchedulerConfig
 from predictor import artifact
@@ -66,6 +73,8 @@ LABELS = {
     "least_loaded": "least-loaded, no queue",
 }
 TARGET_GAIN = 1.3
+SINGLE = "single-turn"
+NOISE = 0.02  # what two placements of one run's requests differ by without a cause
 HTTP_MODEL = "prefix-model"
 HTTP_THINK_S = 0.5  # fewer requests sustain the load over HTTP with a shorter think time
 
@@ -232,11 +241,11 @@ def ceiling(samples: list[PromptSample], hits: list[int]) -> tuple[float, float]
     unchanged (a hit's KV is still read by every decode); the most any placement can gain
     from the cache)."""
     total = sum(s.prompt_tokens for s in samples)
-    return sum(hits) / total, capacity(samples, 1000.0, hits) / capacity(samples, 1000.0)
+    return sum(hits) / total, capacity(samples, hits=hits) / capacity(samples)
 
 
 def capacity(
-    samples: list[PromptSample], arrival_rps: float = 50.0, hits: list[int] | None = None
+    samples: list[PromptSample], arrival_rps: float = 1000.0, hits: list[int] | None = None
 ) -> float:
     """Requests/s one server completes saturated by this mix, arriving at ``arrival_rps``,
     with no cache hits or with ``hits`` prompt tokens of each found cached (engine model,
@@ -324,6 +333,9 @@ def _ceiling(samples: list[PromptSample], hits: list[int]) -> dict[str, float]:
     return {"ideal_hit_rate": rate, "ceiling_gain": gain}
 
 
+TRACES = ("mooncake", "sharegpt", SINGLE)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     traces: dict[str, Any] = {}
     if "mooncake" in args.traces:
@@ -363,6 +375,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             **_ceiling(turns, conversation_hits(conversations)),
             "results": sweep("sharegpt", plans, args.systems, fleet),
         }
+    if SINGLE in args.traces:
+        samples = [s for s in load_sharegpt() if s.prompt_tokens < 6000]
+        fleet = capacity_per_backend(samples, args.max_tokens) * BACKENDS
+        print(f"{SINGLE}: capacity {fleet:.2f} req/s for the fleet", flush=True)
+        gaps = azure_gaps()
+        plans = {
+            load: scorpio_load(
+                samples, gaps, args.requests, load * fleet, load=load, max_tokens=args.max_tokens
+            )
+            for load in args.loads
+        }
+        traces[SINGLE] = {
+            "description": f"{args.requests} single-turn ShareGPT requests (the guards "
+            "benchmark's mix: a prompt drawn at random for each, so some repeat), arriving by "
+            "the Azure conversation trace's gaps",
+            "requests": args.requests,
+            "capacity_rps": fleet,
+            "results": sweep(SINGLE, plans, args.systems, fleet),
+        }
     return {
         "benchmark": "prefix",
         "backends": BACKENDS,
@@ -382,6 +413,14 @@ def verdicts(data: dict[str, Any]) -> list[str]:
         for load, rows in block["results"].items():
             mine, plain = rows.get("sluice_prefix"), rows.get("sluice_no_prefix")
             if mine is None or plain is None:
+                continue
+            if trace == SINGLE:
+                ratio = mine["goodput_rps"] / plain["goodput_rps"] if plain["goodput_rps"] else None
+                verdict = "met" if ratio is not None and ratio >= 1 - NOISE else "missed"
+                lines.append(
+                    f"- {trace} at {load}x: goodput {_fmt(ratio, '.3f')}x Sluice without prefix "
+                    f"awareness (target: no regression beyond {NOISE:.0%}: {verdict})."
+                )
                 continue
             if float(load) in (1.0, 1.5):
                 gain = mine["goodput_rps"] / plain["goodput_rps"] if plain["goodput_rps"] else None
@@ -408,22 +447,42 @@ def http_verdicts(data: dict[str, Any]) -> list[str]:
         peers = {p: rows[p] for p in CACHE_AWARE if p in rows}
         if mine is None or not peers:
             continue
+        top_hits = max(p["hit_rate"] for p in peers.values())
+        hits_verdict = "met" if mine["hit_rate"] >= top_hits else "missed"
+        hits = (
+            f"hit rate {mine['hit_rate']:.3f}, the best peer's {top_hits:.3f} (target: no "
+            f"lower: {hits_verdict})"
+        )
+        if float(load) < 1.0:
+            fastest = min(
+                (p for p in peers if peers[p]["ttft_p50_ms"] is not None),
+                key=lambda p: peers[p]["ttft_p50_ms"],
+                default=None,
+            )
+            if fastest is None or mine["ttft_p50_ms"] is None:
+                continue
+            theirs = peers[fastest]["ttft_p50_ms"]
+            verdict = "met" if mine["ttft_p50_ms"] <= theirs else "missed"
+            lines.append(
+                f"- HTTP ShareGPT at {load}x: TTFT p50 {mine['ttft_p50_ms']:.0f} ms, the best "
+                f"cache-aware peer's ({HTTP_LABELS[fastest]}) {theirs:.0f} ms (target: no "
+                f"worse: {verdict}); {hits}."
+            )
+            continue
         best_name = max(peers, key=lambda p: peers[p]["goodput_rps"])
         best = peers[best_name]
         gain = mine["goodput_rps"] / best["goodput_rps"] if best["goodput_rps"] else None
         verdict = "met" if gain is not None and gain >= TARGET_GAIN else "missed"
-        top_hits = max(p["hit_rate"] for p in peers.values())
-        hits_verdict = "met" if mine["hit_rate"] >= top_hits else "missed"
         lines.append(
             f"- HTTP ShareGPT at {load}x: goodput {_fmt(gain, '.2f')}x the best cache-aware "
-            f"peer ({HTTP_LABELS[best_name]}) (target >= {TARGET_GAIN}: {verdict}); hit rate "
-            f"{mine['hit_rate']:.3f}, the best peer's {top_hits:.3f} (target: no lower: "
-            f"{hits_verdict})."
+            f"peer ({HTTP_LABELS[best_name]}) (target >= {TARGET_GAIN}: {verdict}); {hits}."
         )
     return lines
 
 
 def _ceiling_lines(block: dict[str, Any]) -> list[str]:
+    if "ceiling_gain" not in block:
+        return []
     lines = [
         f"At most {block['ideal_hit_rate']:.3f} of these prompts' tokens could hit at all "
         "(as one server with an unbounded cache would find them); were every one of them a "
@@ -447,10 +506,10 @@ def markdown(data: dict[str, Any]) -> str:
         f"automatic prefix caching; {data['backends']} simulated {data['profile']} servers; "
         f"replies of the traces' lengths up to {data['max_tokens']} tokens; SCORPIO's six "
         "classes drawn uniformly. Loads are multiples of the fleet's capacity on each trace "
-        "without cache hits; `offered` is the requests sent over the span from the first to the "
-        "last, per system (a conversation's turns wait for the answers, so a slower system "
-        "is offered less). Hit rate: the engines' own prefix-cache "
-        "counters (hit tokens over queried tokens).",
+        "without cache hits; `offered` is the requests counted over their span, per system (all of "
+        "them, first to last, on the open-loop traces; the steady part of the conversations, "
+        "whose turns wait for their answers, so that a slower system is offered less). Hit "
+        "rate: the engines' own prefix-cache counters (hit tokens over queried tokens).",
     ]
     for trace, block in data["traces"].items():
         lines += [
@@ -476,7 +535,8 @@ def markdown(data: dict[str, Any]) -> str:
                     f"{_fmt(row['ttft_p50_ms'], '.0f')} | {_fmt(row['ttft_p99_ms'], '.0f')} | "
                     f"{row['hit_rate']:.3f} | {row['rejection_rate']:.3f} |"
                 )
-        lines += ["", *_ceiling_lines(block)]
+        ceiling_lines = _ceiling_lines(block)
+        lines += ["", *ceiling_lines] if ceiling_lines else []
     http = data.get("http")
     if http is not None:
         lines += [
@@ -485,7 +545,7 @@ def markdown(data: dict[str, Any]) -> str:
             "",
             f"{http['description'][0].upper()}{http['description'][1:]}; capacity "
             f"{http['capacity_rps']:.2f} req/s in modelled time; `offered` is the requests "
-            "sent over the span from the first to the last. Times below are modelled "
+            "counted over their span, per system. Times below are modelled "
             "(measured / dilation).",
             "",
             "| load | offered | system | goodput req/s | vs best peer | attainment offered | "
@@ -546,6 +606,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
 
 
 HTTP_SYSTEMS = ["sluice_prefix", "sluice_no_prefix", *CACHE_AWARE, "direct"]
+HTTP_DEFAULT = ["sluice_prefix", *CACHE_AWARE]  # the targets' comparison; the rest by choice
 HTTP_LABELS = {
     **LABELS,
     "direct": "direct (client round-robin)",
@@ -630,17 +691,19 @@ def dilated(items: list[Planned], dilation: float) -> list[Planned]:
 
 
 async def http_part(args: argparse.Namespace) -> dict[str, Any]:
-    conversations = sharegpt_turns(args.http_requests, args.http_max_tokens)
-    turns = [s for c in conversations for s in c]
-    # Measured on a larger set of the same turns: a few hundred do not saturate a server.
-    reference = sharegpt_turns(max(2000, len(turns)), args.http_max_tokens)
+    # Measured on a set of the same turns large enough to saturate a server.
+    reference = sharegpt_turns(2000, args.http_max_tokens)
     fleet = capacity([s for c in reference for s in c]) * BACKENDS
     print(f"http sharegpt: capacity {fleet:.2f} req/s (modelled time)", flush=True)
     results: dict[str, dict[str, Any]] = {}
+    sizes: dict[str, int] = {}
     for load in args.http_loads:
+        # As many turns as keep conversations starting for the window at this load.
+        conversations = sharegpt_turns(int(load * fleet * args.http_window_s), args.http_max_tokens)
         planned = conversation_load(
             conversations, load * fleet, seed=int(load * 100), think_s=HTTP_THINK_S
         )
+        sizes[f"{load:g}"] = len(planned)
         items = dilated(planned, args.dilation)
         for name in args.http_systems:
             row = await http_system(name, items, args, fleet)
@@ -648,17 +711,21 @@ async def http_part(args: argparse.Namespace) -> dict[str, Any]:
             print(
                 f"http {load:g}x {name}: goodput {row['goodput_rps']:.2f} req/s, attainment "
                 f"{row['attainment_offered']:.3f}/{row['attainment_admitted'] or 0:.3f}, hit rate "
-                f"{row['hit_rate']:.3f}, failed {row['failed']} ({row['wall_s']} s)",
+                f"{row['hit_rate']:.3f}, TTFT p50 {row['ttft_p50_ms'] or 0:.0f} ms, offered "
+                f"{row['offered_load']:.2f}x, failed {row['failed']} ({row['wall_s']} s)",
                 flush=True,
             )
+    turns = ", ".join(f"{n} at {load}x" for load, n in sizes.items())
     return {
-        "description": f"{len(conversations)} ShareGPT conversations ({len(turns)} turns) as "
-        "in the virtual run, over real sockets: a simulated fleet process (prefix caching "
+        "description": f"ShareGPT conversations as in the virtual run ({turns} turns, "
+        f"conversations starting for {args.http_window_s:g} s), over real sockets: a "
+        "simulated fleet process (prefix caching "
         f"on, cached tokens reported) and the system in front of it, time dilated "
         f"{args.dilation:g}x (engine steps, SLOs, think time and Sluice's priors alike); "
         f"replies of the true length up to {args.http_max_tokens} tokens (ignore_eos); "
-        f"each turn sent {HTTP_THINK_S:g} s after the last one's answer",
-        "requests": len(turns),
+        f"each turn sent {HTTP_THINK_S:g} s after the last one's answer; figures count the "
+        "turns sent in the steady part, as in the virtual run",
+        "requests": sizes,
         "capacity_rps": fleet,
         "dilation": args.dilation,
         "results": results,
@@ -670,20 +737,23 @@ def main() -> int:
     parser.add_argument("--loads", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0])
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
     parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument(
-        "--traces", nargs="+", default=["mooncake", "sharegpt"], choices=["mooncake", "sharegpt"]
-    )
+    parser.add_argument("--traces", nargs="+", default=[*TRACES], choices=TRACES)
     parser.add_argument(
         "--conversation-turns", type=int, default=12_000, help="ShareGPT turns, in all"
     )
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--out", type=Path, default=REPORTS)
     parser.add_argument("--http", action="store_true", help="also the peers, over HTTP")
-    parser.add_argument("--http-requests", type=int, default=800)
-    parser.add_argument("--http-loads", type=float, nargs="+", default=[1.0, 1.5])
-    parser.add_argument("--http-max-tokens", type=int, default=256)
-    parser.add_argument("--http-systems", nargs="+", default=HTTP_SYSTEMS, choices=HTTP_SYSTEMS)
-    parser.add_argument("--dilation", type=float, default=20.0)
+    parser.add_argument(
+        "--http-window-s",
+        type=float,
+        default=18.0,
+        help="modelled seconds over which conversations start (figures: its last two thirds)",
+    )
+    parser.add_argument("--http-loads", type=float, nargs="+", default=[0.5, 1.0, 1.5])
+    parser.add_argument("--http-max-tokens", type=int, default=128)
+    parser.add_argument("--http-systems", nargs="+", default=HTTP_DEFAULT, choices=HTTP_SYSTEMS)
+    parser.add_argument("--dilation", type=float, default=12.0)
     args = parser.parse_args()
     data = run(args)
     if args.http:

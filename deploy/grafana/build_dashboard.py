@@ -218,6 +218,18 @@ def build() -> dashboard.Dashboard:
         )
         .with_panel(
             _series(
+                "Prefix-cache hits per backend: as the index expected and as reported",
+                "short",
+                [
+                    _query(
+                        f"sum by (backend, source) (rate(sluice_prefix_cached_tokens_total{RATE}))",
+                        "{{backend}} {{source}} tokens/s",
+                    )
+                ],
+            )
+        )
+        .with_panel(
+            _series(
                 "Fitted inter-token latency intercept (d) and per-request slope (b)",
                 "s",
                 [

@@ -57,7 +57,7 @@ def test_the_dashboard_file_is_what_its_builder_writes() -> None:
 async def test_every_metric_and_label_queried_is_exported(
     make_sim: SimFactory, make_gateway: GatewayFactory, http: aiohttp.ClientSession, redis_url: str
 ) -> None:
-    sim = await make_sim()
+    sim = await make_sim(prompt_tokens_details=True)  # cached tokens reported: their series
     # A tenant with limits, so that its series exist too.
     tenants = {"acme": {"weight": 2, "limits": {"requests_per_second": 100, "max_concurrent": 9}}}
     gateway = await make_gateway(
