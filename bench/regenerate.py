@@ -37,7 +37,7 @@ REPORTS_BY_NAME: dict[str, tuple[Markdown, Plot]] = {
     "compare": (compare.markdown, compare.plot),
     "guards": (guards.markdown, guards.plot),
     "lora": (lora.markdown, lora.plot),
-    "macro": (lambda data: macro.markdown(data, data.get("notes", "")), macro.plot),
+    "macro": (macro.markdown, macro.plot),
     "overhead": (overhead.markdown, None),
     "prefix": (prefix.markdown, prefix.plot),
     "real": (real.markdown, real.plot),
