@@ -19,11 +19,11 @@ tokens take as much longer than predicted as its latency models have lately fall
 fit is not promised at the fit's speed.
 
 A committed request is refused later only when the committed schedule alone no longer lets
-it meet its deadline with the margin (expected lengths, as at the deadline): a backend
-failed, or a prediction was badly wrong. Those refusals have their own reason,
-``ttft_late``, to be counted apart. A class that is not ``protected`` is decided at arrival
-too, but later, tighter requests may overtake it as at the deadline; if it then cannot be
-served in time it is refused as ``ttft_unattainable``.
+it meet its deadline (expected lengths, as at the deadline; the margin it was admitted with
+may be used up): a backend failed, or a prediction was badly wrong. Those refusals have
+their own reason, ``ttft_late``, to be counted apart. A class that is not ``protected`` is
+decided at arrival too, but later, tighter requests may overtake it as at the deadline; if
+it then cannot be served in time it is refused as ``ttft_unattainable``.
 """
 
 from __future__ import annotations
@@ -73,14 +73,16 @@ def commitments(
     """Find the committed requests of ``ordered`` (the queue in LDF order) that can no
     longer be served in time, then decide its newcomers, in arrival order."""
     decisions = Decisions()
-    fits = within_budget(now, margin_s)
+    # A committed request keeps its place while it is still predicted in time: the margin it
+    # was admitted with is there to absorb predictions that turn out short, not to refuse it.
+    in_time = within_budget(now, 0.0)
     pending = {name: load.pending_prefill for name, load in loads.items()}
     for queue, serving in per_model(
         ordered, loads, epsilon=epsilon, admit_margin=admit_margin, vbs=vbs
     ):
         held = [w for w in queue if w.committed or not w.rejectable]
-        expected = ttft_walk(held, serving, dict(pending), fits)
-        unservable = misfits(held, expected, fits)
+        expected = ttft_walk(held, serving, dict(pending), in_time)
+        unservable = misfits(held, expected, in_time)
         for w in held:
             if w.ticket in unservable:
                 # A protected request refused now broke a commitment; an unprotected one was

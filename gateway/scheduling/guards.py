@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import itertools
 import math
-from bisect import bisect_left
+from bisect import bisect_left, insort
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -317,6 +317,16 @@ def misfits(
     }
 
 
+def token_seconds(load: BackendLoad, stretch: bool) -> float:
+    """A token's predicted time on ``load``'s backend at its batch now (stretched by how far
+    its predictions have lately fallen short, with ``stretch``)."""
+    view = load.view
+    if view.itl is None:
+        return 0.0
+    seconds = view.itl.predict(max(load.count, 1), load.mean_context())
+    return seconds * view.itl_error if stretch else seconds
+
+
 def ttft_walk(
     queue: Iterable[WaitingView],
     serving: Serving,
@@ -327,15 +337,21 @@ def ttft_walk(
 
     Each request is placed, hypothetically, on the backend that would prefill it soonest,
     after the prefill work ``pending`` there (updated as the walk goes) and that of the
-    requests ahead of it. If no slot is free it first waits for the k-th in-flight request to
-    finish, k its position among those that must wait (counting the slots it must leave to
-    tenants below its share as taken); where the KV is counted, also until enough of them
-    have finished to free the KV it needs beyond what is free and not yet taken by those
-    ahead of it. ``keep`` says, from its predicted time to first token, whether it stays in
-    the schedule; one that does not adds no work for those behind it. Returns ticket ->
-    predicted time to first token, for every request with a candidate."""
+    requests ahead of it. If no slot is free it first waits for the k-th slot to free, k its
+    position among those that must wait (counting the slots it must leave to tenants below
+    its share as taken): slots free as in-flight requests end and, once those are spent, as
+    the requests walked ahead of it end in turn (each holds its slot from its predicted
+    first token for its predicted reply), so a queue deeper than the slots waits for the
+    queue ahead of it, not only for what runs now. Where the KV is counted, it also waits
+    until enough in-flight requests have finished to free the KV it needs beyond what is
+    free and not yet taken by those ahead of it. ``keep`` says, from its predicted time to
+    first token, whether it stays in the schedule; one that does not adds no work (and takes
+    no slot) for those behind it. Returns ticket -> predicted time to first token, for every
+    request with a candidate."""
     predicted: dict[int, float] = {}
-    free, position, kv_used = serving.free, 0, 0
+    releases = list(serving.free)  # when slots free, soonest first: in flight, then walked
+    position, kv_used = 0, 0
+    per_token = {load.view.name: token_seconds(load, serving.stretch) for load in serving.loads}
     for w in queue:
         best, prefill = None, math.inf
         for load in serving.loads:
@@ -353,16 +369,19 @@ def ttft_walk(
             continue
         room = serving.headroom - w.leave_slots  # the last ``leave_slots`` are kept for others
         beyond = position - room  # how many slots must free before it gets one
+        wait = releases[min(beyond, len(releases) - 1)] if beyond >= 0 and releases else 0.0
         need = w.kv_need_on(best.view.name)
-        if serving.kv_room is not None and kv_used + need > serving.kv_room:
+        if serving.kv_room is not None and kv_used + need > serving.kv_room and serving.free:
             short = kv_used + need - serving.kv_room  # how many ends must free it first
-            beyond = max(beyond, bisect_left(serving.kv_freed, short))
-        wait = free[min(beyond, len(free) - 1)] if beyond >= 0 and free else 0.0
+            ends = bisect_left(serving.kv_freed, short)
+            wait = max(wait, serving.free[min(ends, len(serving.free) - 1)])
         predicted[w.ticket] = ttft = wait + prefill
         if keep(w, ttft):
-            pending[best.view.name] += w.prefill_on(best.view.name)
+            name = best.view.name
+            pending[name] += w.prefill_on(name)
             position += 1
             kv_used += need
+            insort(releases, ttft + w.predicted_tokens * per_token[name])
     return predicted
 
 

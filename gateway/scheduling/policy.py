@@ -131,6 +131,7 @@ class SloPolicy:
             gone = {r.ticket for r in rejections}
             ordered = [w for w in ordered if w.ticket not in gone]
         tightest = self._tightest(ordered, loads.values())
+        scarce = self._scarce(ordered, loads.values(), tightest) if self.credits else set()
         placements: list[Placement] = []
         credits: dict[int, float] = {}
         blocked: set[str] = set()
@@ -154,7 +155,7 @@ class SloPolicy:
                     # Held through a cold start (or after failures) until its deadline.
                     rejections.append(Rejection(w.ticket, "no_ready_backend"))
                 continue
-            if self.credits:
+            if w.model in scarce:
                 credit = credit_after_pass(w.credit, trp)
                 credits[w.ticket] = credit
                 if credit < 1.0 and not self._urgent(w, candidates, now):
@@ -174,7 +175,7 @@ class SloPolicy:
                 if w.model in best.view.loadable:
                     loading_at.setdefault(w.model, best.view.name)
                 placements.append(Placement(w.ticket, best.view.name, priority_tier(trp)))
-                if self.credits:
+                if w.ticket in credits:
                     credits[w.ticket] = credits[w.ticket] - 1.0
                 continue
             idle = [load for load in candidates if load.count == 0]
@@ -227,6 +228,33 @@ class SloPolicy:
                 if model in tightest:
                     tightest[model] = min(tightest[model], load.min_tpot)
         return tightest
+
+    def _scarce(
+        self,
+        waiting: Sequence[WaitingView],
+        loads: Iterable[BackendLoad],
+        tightest: dict[str, float],
+    ) -> set[str]:
+        """The models whose waiting requests outnumber the slots their backends could take
+        now (VBS admission's room at the model's tightest target). Credits ration slots among
+        tiers: where every waiting request has one, they hold nobody back (a loose request
+        would only wait passes for a slot no one else wants, and lose that time of its TTFT)."""
+        wanted: dict[str, int] = {}
+        for w in waiting:
+            wanted[w.model] = wanted.get(w.model, 0) + 1
+        serving = [load for load in loads if load.view.healthy]
+        scarce = set()
+        for model, count in wanted.items():
+            room = total_headroom(
+                [load for load in serving if load.view.offers(model)],
+                tightest.get(model, math.inf),
+                vbs=self.vbs,
+                epsilon=self.epsilon,
+                margin=self.admit_margin,
+            )
+            if count > room:
+                scarce.add(model)
+        return scarce
 
     def _held_for(
         self,

@@ -102,9 +102,12 @@ def test_a_reply_past_its_prediction_holds_its_slot_longer_at_arrival() -> None:
 
 def test_a_committed_request_is_refused_late_only_when_it_cannot_be_served_in_time() -> None:
     view = backend(requests=running(1, remaining=100), cap=1)  # its slot frees in 1.1 s
-    hopeless = wait(1, deadline=1.2, committed=True)  # 1.1 + 0.1 prefill + 0.05 > 1.2
+    hopeless = wait(1, deadline=1.15, committed=True)  # 1.1 + 0.1 prefill > 1.15
     decided = decide([hopeless, wait(2, deadline=1.3, committed=True)], [view])
     assert decided.late == {1: pytest.approx(1.2)}
+    # Predicted in time, though inside the margin it was admitted with: it keeps its place.
+    tight = wait(1, deadline=1.22, committed=True)
+    assert decide([tight, wait(2, deadline=3.0, committed=True)], [view]).late == {}
     best_effort = wait(3, deadline=0.0, rejectable=False)
     assert decide([best_effort], [view]).late == {}
 
@@ -113,7 +116,7 @@ def test_the_policy_commits_refuses_at_arrival_and_names_late_refusals() -> None
     policy = SloPolicy(credits=False, commit=True)
     view = backend(requests=running(1, remaining=100), cap=1)
     queue = [
-        wait(1, deadline=1.2, committed=True),  # late
+        wait(1, deadline=1.15, committed=True),  # late
         wait(2, deadline=5.0, arrival=0.2),  # fits once the slot frees: committed, waits
         wait(3, deadline=0.5, arrival=0.3),  # cannot be served in time: refused now
     ]
@@ -129,7 +132,7 @@ def test_the_policy_commits_refuses_at_arrival_and_names_late_refusals() -> None
 def test_a_class_that_is_not_protected_may_be_overtaken_and_is_refused_as_at_the_deadline() -> None:
     older = WaitingView(
         1,
-        Demand("m", 0.0, 0.42, 0.05, BIG, 100, 300, protected=False),
+        Demand("m", 0.0, 0.38, 0.05, BIG, 100, 300, protected=False),
         committed=True,
     )
     tight = wait(2, deadline=0.30, prompt=BIG, arrival=0.1)

@@ -177,6 +177,16 @@ def test_waiting_for_a_decode_slot_counts() -> None:
     assert _rejections([wait(1, deadline=1.4)], [view]) == {}
 
 
+def test_a_queue_deeper_than_the_slots_waits_for_the_requests_ahead_of_it() -> None:
+    # One slot, freed in 1.1 s. The first queued request takes it (first token at 1.2 s) and
+    # holds it for its 100 predicted tokens at 11 ms: the second's slot frees at 2.3 s, so
+    # its first token comes at 2.4 s, not at 1.2 s with the first.
+    view = backend(requests=running(1, remaining=100), cap=1)
+    queue = [wait(1, deadline=1.3), wait(2, deadline=2.0), wait(3, deadline=2.5)]
+    assert _rejections(queue, [view]) == {2: pytest.approx(2.4)}
+    # 2, refused, holds no slot: 3 gets the slot 1 gives back.
+
+
 def test_best_effort_is_never_rejected_and_unhealthy_fleets_hold() -> None:
     assert _rejections([wait(1, deadline=0.0, rejectable=False)], [backend()]) == {}
     assert _rejections([wait(1, deadline=0.0)], [backend(healthy=False)]) == {}
@@ -185,20 +195,36 @@ def test_best_effort_is_never_rejected_and_unhealthy_fleets_hold() -> None:
 POLICY = SloPolicy(margin_s=0.05, epsilon=1.3, admit_margin=0.99, urgent_s=0.1)
 
 
-def test_credits_make_loose_requests_wait_a_pass() -> None:
-    queue = [wait(1, tpot=0.03), wait(2, tpot=0.05)]
-    plan = POLICY(queue, [backend()], 0.0)
-    assert plan.placements == [Placement(1, "a", 0)]
+def test_credits_make_loose_requests_wait_a_pass_while_slots_are_short() -> None:
+    # Two slots, three waiting: the tight ones take them, the loose one gains credit.
+    queue = [wait(1, tpot=0.03), wait(2, tpot=0.05), wait(3, tpot=0.03)]
+    plan = POLICY(queue, [backend(cap=2)], 0.0)
+    assert sorted(p.ticket for p in plan.placements) == [1, 3]
     assert plan.credits[2] == pytest.approx(0.6)
+    without = SloPolicy(credits=False)(queue, [backend(cap=2)], 0.0)
+    assert sorted(p.ticket for p in without.placements) == [1, 2]
     again = POLICY([wait(2, tpot=0.05, credit=0.6)], [backend()], 0.0)
     assert [p.ticket for p in again.placements] == [2]
     assert again.placements[0].priority == 0  # alone, it is the tightest
 
 
+def test_credits_hold_nobody_back_while_every_waiting_request_has_a_slot() -> None:
+    plan = POLICY([wait(1, tpot=0.03), wait(2, tpot=0.05)], [backend(cap=2)], 0.0)
+    assert sorted(p.ticket for p in plan.placements) == [1, 2]
+    assert plan.placements[1].priority == 4  # still sent with its tier's priority
+    assert plan.credits == {}
+
+
 def test_an_urgent_request_skips_the_credit_wait() -> None:
     loose = wait(2, tpot=0.05, deadline=0.19)  # 0.19 - 0.1 prefill < 0.1 urgent
-    plan = POLICY([wait(1, tpot=0.03), loose], [backend()], 0.0)
+    queue = [wait(1, tpot=0.03), loose, wait(3, tpot=0.03, deadline=20.0)]
+    plan = POLICY(queue, [backend(cap=2)], 0.0)
     assert sorted(p.ticket for p in plan.placements) == [1, 2]
+    calm = wait(2, tpot=0.05, deadline=5.0)
+    plan = POLICY(
+        [wait(1, tpot=0.03), calm, wait(3, tpot=0.03, deadline=20.0)], [backend(cap=2)], 0.0
+    )
+    assert sorted(p.ticket for p in plan.placements) == [1, 3]
 
 
 def test_ldf_stops_at_the_first_request_that_does_not_fit() -> None:
