@@ -335,54 +335,84 @@ def ttft_walk(
 ) -> dict[int, float]:
     """The TTFT guard's walk over ``queue`` in its order (SCORPIO §3, gateway form).
 
-    Each request is placed, hypothetically, on the backend that would prefill it soonest,
-    after the prefill work ``pending`` there (updated as the walk goes) and that of the
-    requests ahead of it. If no slot is free it first waits for the k-th slot to free, k its
-    position among those that must wait (counting the slots it must leave to tenants below
-    its share as taken): slots free as in-flight requests end and, once those are spent, as
-    the requests walked ahead of it end in turn (each holds its slot from its predicted
-    first token for its predicted reply), so a queue deeper than the slots waits for the
-    queue ahead of it, not only for what runs now. Where the KV is counted, it also waits
-    until enough in-flight requests have finished to free the KV it needs beyond what is
-    free and not yet taken by those ahead of it. ``keep`` says, from its predicted time to
-    first token, whether it stays in the schedule; one that does not adds no work (and takes
-    no slot) for those behind it. Returns ticket -> predicted time to first token, for every
-    request with a candidate."""
+    Each request first needs a slot: if none is free it waits for the k-th slot to free, k
+    its position among those that must wait (counting the slots it must leave to tenants
+    below its share as taken). Slots free as in-flight requests end and, once those are
+    spent, as the requests walked ahead of it end in turn (each holds its slot from its
+    predicted first token for its predicted reply), so a queue deeper than the slots waits
+    for the queue ahead of it, not only for what runs now. Where the KV is counted, it also
+    waits until enough in-flight requests have finished to free the KV it needs beyond what
+    is free and not yet taken by those ahead of it. Then it is placed, hypothetically, on
+    the backend that would give its first token soonest: its prefill is batched with the
+    prefill work there that is still under way when it starts (``pending`` now, then that of
+    the requests walked there that start before that batch is predicted done); a batch done
+    before it starts is not in its way. ``keep`` says, from its predicted time to first
+    token, whether it stays in the schedule; one that does not adds no work (and takes no
+    slot) for those behind it. ``pending`` ends with the prefill work placed to start now
+    added (another model's walk over shared backends counts it). Returns ticket ->
+    predicted time to first token, for every request with a candidate."""
     predicted: dict[int, float] = {}
     releases = list(serving.free)  # when slots free, soonest first: in flight, then walked
     position, kv_used = 0, 0
+    names = [load.view.name for load in serving.loads]
     per_token = {load.view.name: token_seconds(load, serving.stretch) for load in serving.loads}
+    # Per backend, the prefill batch under way: when it began, its tokens, when it is done.
+    began = dict.fromkeys(names, 0.0)
+    batched = {name: pending[name] for name in names}
+    done = {
+        load.view.name: _prefill_seconds(load, pending[load.view.name], serving)
+        for load in serving.loads
+    }
     for w in queue:
-        best, prefill = None, math.inf
+        room = serving.headroom - w.leave_slots  # the last ``leave_slots`` are kept for others
+        beyond = position - room  # how many slots must free before it gets one
+        slot = releases[min(beyond, len(releases) - 1)] if beyond >= 0 and releases else 0.0
+        best, first, start_at, joins = None, math.inf, 0.0, False
         for load in serving.loads:
             name = load.view.name
             if name in w.excluded:
                 continue
-            params = load.view.prefill
-            seconds = 0.0 if params is None else params.predict(pending[name] + w.prefill_on(name))
-            if serving.stretch:
-                seconds *= load.view.prefill_error
-            seconds += load.view.loadable.get(w.model, 0.0)  # its adapter's load, if any
-            if seconds < prefill:
-                best, prefill = load, seconds
+            start = slot
+            if serving.kv_room is not None and serving.free:
+                short = kv_used + w.kv_need_on(name) - serving.kv_room
+                if short > 0:  # how many ends must free its KV first
+                    ends = bisect_left(serving.kv_freed, short)
+                    start = max(start, serving.free[min(ends, len(serving.free) - 1)])
+            tokens = w.prefill_on(name)
+            own = start + _prefill_seconds(load, tokens, serving)
+            under_way = start < done[name]
+            if under_way:  # batched with the prefill still under way there
+                own = max(
+                    own, began[name] + _prefill_seconds(load, batched[name] + tokens, serving)
+                )
+            own += load.view.loadable.get(w.model, 0.0)  # its adapter's load, if any
+            if own < first:
+                best, first, start_at, joins = load, own, start, under_way
         if best is None:
             continue
-        room = serving.headroom - w.leave_slots  # the last ``leave_slots`` are kept for others
-        beyond = position - room  # how many slots must free before it gets one
-        wait = releases[min(beyond, len(releases) - 1)] if beyond >= 0 and releases else 0.0
-        need = w.kv_need_on(best.view.name)
-        if serving.kv_room is not None and kv_used + need > serving.kv_room and serving.free:
-            short = kv_used + need - serving.kv_room  # how many ends must free it first
-            ends = bisect_left(serving.kv_freed, short)
-            wait = max(wait, serving.free[min(ends, len(serving.free) - 1)])
-        predicted[w.ticket] = ttft = wait + prefill
-        if keep(w, ttft):
+        predicted[w.ticket] = first
+        if keep(w, first):
             name = best.view.name
-            pending[name] += w.prefill_on(name)
+            tokens = w.prefill_on(name)
+            if joins:
+                batched[name] += tokens
+            else:
+                began[name], batched[name] = start_at, tokens
+            done[name] = max(done[name], first)
+            if start_at <= 0.0:
+                pending[name] += tokens
             position += 1
-            kv_used += need
-            insort(releases, ttft + w.predicted_tokens * per_token[name])
+            kv_used += w.kv_need_on(name)
+            insort(releases, first + w.predicted_tokens * per_token[name])
     return predicted
+
+
+def _prefill_seconds(load: BackendLoad, tokens: int, serving: Serving) -> float:
+    params = load.view.prefill
+    if params is None:
+        return 0.0
+    seconds = params.predict(tokens)
+    return seconds * load.view.prefill_error if serving.stretch else seconds
 
 
 def ttft_rejections(

@@ -187,6 +187,21 @@ def test_a_queue_deeper_than_the_slots_waits_for_the_requests_ahead_of_it() -> N
     # 2, refused, holds no slot: 3 gets the slot 1 gives back.
 
 
+def test_a_request_that_waits_for_a_slot_prefills_after_the_batches_before_it_are_done() -> None:
+    # 2000-token prompts take 0.2 s. With one slot, 2 starts when 1 ends (2.4 s) and
+    # prefills alone: 1's prefill was done long before. With two slots they start together
+    # and their prefills are batched: 0.4 s for both.
+    view = backend(requests=running(1, remaining=100), cap=1)
+    queue = [wait(1, deadline=1.6, prompt=2000), wait(2, deadline=2.66, prompt=2000)]
+    assert _rejections(queue, [view]) == {}
+    assert _rejections([queue[0], wait(2, deadline=2.64, prompt=2000)], [view]) == {
+        2: pytest.approx(2.6)
+    }
+    idle = backend(cap=2)
+    together = [wait(1, deadline=0.30, prompt=2000), wait(2, deadline=0.44, prompt=2000)]
+    assert _rejections(together, [idle]) == {2: pytest.approx(0.4)}
+
+
 def test_best_effort_is_never_rejected_and_unhealthy_fleets_hold() -> None:
     assert _rejections([wait(1, deadline=0.0, rejectable=False)], [backend()]) == {}
     assert _rejections([wait(1, deadline=0.0)], [backend(healthy=False)]) == {}
