@@ -7,9 +7,9 @@ strings them together into one scheduling pass.
 from __future__ import annotations
 
 import enum
-import itertools
+import heapq
 import math
-from bisect import bisect_left, insort
+import statistics
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -237,30 +237,28 @@ def slot_frees(
 class Serving:
     """One model's backends as the TTFT walk sees them: their loads, how many more requests
     they could take now between them (by count: VBS and the in-flight bounds), when each
-    in-flight request should end, and, where every one of them knows its KV capacity, the KV
-    free now between them and what the ends give back, summed in the order of ``free``."""
+    in-flight request should end and the KV it then gives back (soonest first), and, where
+    every one of them knows its KV capacity, the KV free now between them."""
 
     loads: list[BackendLoad]
     headroom: int
-    free: list[float]
+    ends: list[tuple[float, int]]
     kv_room: int | None = None
-    kv_freed: list[int] = field(default_factory=list)
-    stretch: bool = False  # prefill predicted as much longer as it lately fell short
+    stretch: bool = False  # prefill and tokens predicted as much longer as they fell short
 
     @classmethod
     def of(
         cls, loads: list[BackendLoad], headroom: int, overrun: float | None, stretch: bool = False
     ) -> Serving:
-        frees = slot_frees(loads, overrun=overrun, stretch=stretch)
+        ends = slot_frees(loads, overrun=overrun, stretch=stretch)
         capacities = [load.view.kv_capacity for load in loads]
         if any(c is None for c in capacities):
-            return cls(loads, headroom, [at for at, _ in frees], stretch=stretch)
+            return cls(loads, headroom, ends, stretch=stretch)
         room = sum(
             max(0, (capacity or 0) - load.kv_reserved)
             for capacity, load in zip(capacities, loads, strict=True)
         )
-        freed = list(itertools.accumulate(kv for _, kv in frees))
-        return cls(loads, headroom, [at for at, _ in frees], room, freed, stretch)
+        return cls(loads, headroom, ends, room, stretch)
 
 
 def per_model(
@@ -335,27 +333,35 @@ def ttft_walk(
 ) -> dict[int, float]:
     """The TTFT guard's walk over ``queue`` in its order (SCORPIO §3, gateway form).
 
-    Each request first needs a slot: if none is free it waits for the k-th slot to free, k
-    its position among those that must wait (counting the slots it must leave to tenants
-    below its share as taken). Slots free as in-flight requests end and, once those are
-    spent, as the requests walked ahead of it end in turn (each holds its slot from its
-    predicted first token for its predicted reply), so a queue deeper than the slots waits
-    for the queue ahead of it, not only for what runs now. Where the KV is counted, it also
-    waits until enough in-flight requests have finished to free the KV it needs beyond what
-    is free and not yet taken by those ahead of it. Then it is placed, hypothetically, on
-    the backend that would give its first token soonest: its prefill is batched with the
-    prefill work there that is still under way when it starts (``pending`` now, then that of
-    the requests walked there that start before that batch is predicted done); a batch done
-    before it starts is not in its way. ``keep`` says, from its predicted time to first
-    token, whether it stays in the schedule; one that does not adds no work (and takes no
-    slot) for those behind it. ``pending`` ends with the prefill work placed to start now
-    added (another model's walk over shared backends counts it). Returns ticket ->
-    predicted time to first token, for every request with a candidate."""
+    The requests start in order, as the placement loop sends them (in LDF order, stopping at
+    the first that does not fit). Each needs a slot beyond those it must leave to tenants
+    below its share and, where the KV is counted, the KV it needs; until it has both, it
+    waits for the next request to end, in flight or walked ahead of it (each walked request
+    holds its slot and KV from its predicted first token for its predicted reply, at the
+    mean of the backends' token times), so a
+    queue deeper than the slots waits for the queue ahead of it, not only for what runs now.
+    Then it is placed, hypothetically, on the backend that would give its first token
+    soonest: its prefill is batched with the prefill work there that is still under way when
+    it starts (``pending`` now, then that of the requests walked there that start before
+    that batch is predicted done); a batch done before it starts is not in its way. ``keep``
+    says, from its predicted time to first token, whether it stays in the schedule; one that
+    does not takes no slot, KV or prefill time from those behind it. ``pending`` ends with
+    the prefill work placed to start now added (another model's walk over shared backends
+    counts it). Returns ticket -> predicted time to first token, for every request with a
+    candidate."""
     predicted: dict[int, float] = {}
-    releases = list(serving.free)  # when slots free, soonest first: in flight, then walked
-    position, kv_used = 0, 0
+    ends = list(serving.ends)  # a heap of (when a request ends, the KV it gives back)
+    heapq.heapify(ends)
+    clock, slots = 0.0, serving.headroom
+    kv = math.inf if serving.kv_room is None else float(serving.kv_room)
     names = [load.view.name for load in serving.loads]
-    per_token = {load.view.name: token_seconds(load, serving.stretch) for load in serving.loads}
+    # A token's time, the same wherever the request goes: slots are pooled, and where it
+    # will decode is the placement's choice, not the soonest prefill's
+    per_token = (
+        statistics.fmean(token_seconds(load, serving.stretch) for load in serving.loads)
+        if serving.loads
+        else 0.0
+    )
     # Per backend, the prefill batch under way: when it began, its tokens, when it is done.
     began = dict.fromkeys(names, 0.0)
     batched = {name: pending[name] for name in names}
@@ -364,46 +370,45 @@ def ttft_walk(
         for load in serving.loads
     }
     for w in queue:
-        room = serving.headroom - w.leave_slots  # the last ``leave_slots`` are kept for others
-        beyond = position - room  # how many slots must free before it gets one
-        slot = releases[min(beyond, len(releases) - 1)] if beyond >= 0 and releases else 0.0
-        best, first, start_at, joins = None, math.inf, 0.0, False
-        for load in serving.loads:
+        candidates = [load for load in serving.loads if load.view.name not in w.excluded]
+        if not candidates:
+            continue
+        need = 0 if serving.kv_room is None else min(w.kv_need_on(c.view.name) for c in candidates)
+        before, taken = (clock, slots, kv), []
+        while (slots <= w.leave_slots or kv < need) and ends:
+            at, freed = heapq.heappop(ends)
+            taken.append((at, freed))
+            clock, slots, kv = max(clock, at), slots + 1, kv + freed
+        best, first, joins = candidates[0], math.inf, False
+        for load in candidates:
             name = load.view.name
-            if name in w.excluded:
-                continue
-            start = slot
-            if serving.kv_room is not None and serving.free:
-                short = kv_used + w.kv_need_on(name) - serving.kv_room
-                if short > 0:  # how many ends must free its KV first
-                    ends = bisect_left(serving.kv_freed, short)
-                    start = max(start, serving.free[min(ends, len(serving.free) - 1)])
             tokens = w.prefill_on(name)
-            own = start + _prefill_seconds(load, tokens, serving)
-            under_way = start < done[name]
+            own = clock + _prefill_seconds(load, tokens, serving)
+            under_way = clock < done[name]
             if under_way:  # batched with the prefill still under way there
-                own = max(
-                    own, began[name] + _prefill_seconds(load, batched[name] + tokens, serving)
-                )
+                batch = began[name] + _prefill_seconds(load, batched[name] + tokens, serving)
+                own = max(own, batch)
             own += load.view.loadable.get(w.model, 0.0)  # its adapter's load, if any
             if own < first:
-                best, first, start_at, joins = load, own, start, under_way
-        if best is None:
-            continue
+                best, first, joins = load, own, under_way
         predicted[w.ticket] = first
-        if keep(w, first):
-            name = best.view.name
-            tokens = w.prefill_on(name)
-            if joins:
-                batched[name] += tokens
-            else:
-                began[name], batched[name] = start_at, tokens
-            done[name] = max(done[name], first)
-            if start_at <= 0.0:
-                pending[name] += tokens
-            position += 1
-            kv_used += w.kv_need_on(name)
-            insort(releases, first + w.predicted_tokens * per_token[name])
+        if not keep(w, first):
+            for event in taken:  # it starts nothing: what it waited for is still to come
+                heapq.heappush(ends, event)
+            clock, slots, kv = before
+            continue
+        name = best.view.name
+        tokens = w.prefill_on(name)
+        if joins:
+            batched[name] += tokens
+        else:
+            began[name], batched[name] = clock, tokens
+        done[name] = max(done[name], first)
+        if clock <= 0.0:
+            pending[name] += tokens
+        slots -= 1
+        kv -= need
+        heapq.heappush(ends, (first + w.predicted_tokens * per_token, need))
     return predicted
 
 
