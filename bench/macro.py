@@ -37,6 +37,7 @@ MAX_MODEL_LEN = 32_000
 PROFILE = "llama8b-h100"
 ROLLING = ("rolling_2x4", "rolling_1x8")
 TIGHT_CLASSES = ("s1", "s4")
+DEFAULT_LOADS = [1.0, 1.5, 2.0, 3.0]
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "least_loaded": {"scheduler": {"policy": "least_loaded"}, "max_in_flight": 100_000},
@@ -170,8 +171,15 @@ def markdown(data: dict[str, Any]) -> str:
     lines += result_rows(
         data["results"], LABELS, "guards", lambda row: f"{row['rejection_rate']:.3f}"
     )
-    lines += ["", *findings(data)]
+    lines += ["", *findings(data), "", f"Command: `{_command(data)}`."]
     return "\n".join(lines) + "\n"
+
+
+def _command(data: dict[str, Any]) -> str:
+    loads = [float(load) for load in data["results"]]
+    if loads == DEFAULT_LOADS:
+        return "python -m bench.macro"
+    return "python -m bench.macro --loads " + " ".join(f"{load:g}" for load in loads)
 
 
 def _rolling(runs: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -305,7 +313,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--loads", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0])
+    parser.add_argument("--loads", type=float, nargs="+", default=DEFAULT_LOADS)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--requests", type=int, default=6000)
     parser.add_argument("--long-share", type=float, default=0.1)
