@@ -215,8 +215,7 @@ def findings(data: dict[str, Any]) -> list[str]:
     )
     out.append(
         f"- Goodput with rolling ({names}) is within {_pct(max(gaps))} of the guards' at "
-        f"every load ({per_load} req/s). One seed was run, so differences this small are not "
-        "a ranking."
+        f"every load ({per_load} req/s), from one seed."
     )
     for metric, label, better in (
         ("attainment_admitted", "Attainment over admitted requests", "higher"),
