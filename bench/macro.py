@@ -217,14 +217,14 @@ def findings(data: dict[str, Any]) -> list[str]:
         f"- Goodput with rolling ({names}) is within {_pct(max(gaps))} of the guards' at "
         f"every load ({per_load} req/s), from one seed."
     )
-    for metric, label, better in (
-        ("attainment_admitted", "Attainment over admitted requests", "higher"),
-        ("tpot_p99_ms", "p99 TPOT", "lower"),
-        ("ttft_p99_ms", "p99 TTFT", "lower"),
+    for metric, label in (
+        ("attainment_admitted", "Attainment over admitted requests"),
+        ("tpot_p99_ms", "p99 TPOT"),
+        ("ttft_p99_ms", "p99 TTFT"),
     ):
         out.append(
             f"- {label}: "
-            + "; ".join(_versus(load, runs, metric, better) for load, runs in compared.items())
+            + "; ".join(_versus(load, runs, metric) for load, runs in compared.items())
             + "."
         )
     tight = next((load for load in ("2", *compared) if load in compared), None)
@@ -247,7 +247,7 @@ def findings(data: dict[str, Any]) -> list[str]:
     return out
 
 
-def _versus(load: str, runs: dict[str, Any], metric: str, better: str) -> str:
+def _versus(load: str, runs: dict[str, Any], metric: str) -> str:
     base = runs["guards"][metric]
     parts = []
     for name, row in _rolling(runs):
@@ -260,16 +260,11 @@ def _versus(load: str, runs: dict[str, Any], metric: str, better: str) -> str:
         else:
             digits = 0 if metric.startswith("ttft") else 1
             shown, ref = f"{value:.{digits}f} ms", f"{base:.{digits}f} ms"
-        word = (
-            "same as"
-            if round(value, 3) == round(base, 3)
-            else (
-                better
-                if (value > base) == (better == "higher")
-                else ("lower" if better == "higher" else "higher")
-            )
-        )
-        parts.append(f"{shown} ({word}{'' if word == 'same as' else ' than'} {ref})")
+        if round(value, 3) == round(base, 3):
+            word = "same as"
+        else:
+            word = "higher than" if value > base else "lower than"
+        parts.append(f"{shown} ({word} {ref})")
     return f"{load}x: " + ", ".join(parts)
 
 

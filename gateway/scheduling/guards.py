@@ -212,6 +212,26 @@ def tokens_left(predicted: int, tokens: int, overrun: float | None) -> int:
     return 0 if overrun is None else int(tokens * overrun)
 
 
+def token_seconds(load: BackendLoad, stretch: bool) -> float:
+    """A token's predicted time on ``load``'s backend at its batch now (stretched by how far
+    its predictions have lately fallen short, with ``stretch``)."""
+    view = load.view
+    if view.itl is None:
+        return 0.0
+    seconds = view.itl.predict(max(load.count, 1), load.mean_context())
+    return seconds * view.itl_error if stretch else seconds
+
+
+def prefill_seconds(load: BackendLoad, tokens: int, stretch: bool) -> float:
+    """Prefill of ``tokens`` on ``load``'s backend, as its model predicts (stretched by how
+    far its predictions have lately fallen short, with ``stretch``)."""
+    params = load.view.prefill
+    if params is None:
+        return 0.0
+    seconds = params.predict(tokens)
+    return seconds * load.view.prefill_error if stretch else seconds
+
+
 def slot_frees(
     loads: Iterable[BackendLoad], *, overrun: float | None = None, stretch: bool = False
 ) -> list[tuple[float, int]]:
@@ -220,15 +240,11 @@ def slot_frees(
     taking as much longer as the backend's predictions have lately fallen short)."""
     frees: list[tuple[float, int]] = []
     for load in loads:
-        view = load.view
-        itl = view.itl.predict(max(load.count, 1), load.mean_context()) if view.itl else 0.0
-        prefill_by = view.prefill_error if stretch else 1.0
-        if stretch:
-            itl *= view.itl_error
+        itl = token_seconds(load, stretch)
         for prompt, predicted, tokens, started, kv in load.remaining:
-            prefill = 0.0 if started or view.prefill is None else view.prefill.predict(prompt)
+            prefill = 0.0 if started else prefill_seconds(load, prompt, stretch)
             left = tokens_left(predicted, tokens, overrun)
-            frees.append((prefill * prefill_by + left * itl, kv))
+            frees.append((prefill + left * itl, kv))
     frees.sort()
     return frees
 
@@ -315,16 +331,6 @@ def misfits(
     }
 
 
-def token_seconds(load: BackendLoad, stretch: bool) -> float:
-    """A token's predicted time on ``load``'s backend at its batch now (stretched by how far
-    its predictions have lately fallen short, with ``stretch``)."""
-    view = load.view
-    if view.itl is None:
-        return 0.0
-    seconds = view.itl.predict(max(load.count, 1), load.mean_context())
-    return seconds * view.itl_error if stretch else seconds
-
-
 def ttft_walk(
     queue: Iterable[WaitingView],
     serving: Serving,
@@ -338,8 +344,8 @@ def ttft_walk(
     below its share and, where the KV is counted, the KV it needs; until it has both, it
     waits for the next request to end, in flight or walked ahead of it (each walked request
     holds its slot and KV from its predicted first token for its predicted reply, at the
-    mean of the backends' token times), so a
-    queue deeper than the slots waits for the queue ahead of it, not only for what runs now.
+    mean of the backends' token times), so a queue deeper than the slots waits for the
+    queue ahead of it, not only for what runs now.
     Then it is placed, hypothetically, on the backend that would give its first token
     soonest: its prefill is batched with the prefill work there that is still under way when
     it starts (``pending`` now, then that of the requests walked there that start before
@@ -366,7 +372,7 @@ def ttft_walk(
     began = dict.fromkeys(names, 0.0)
     batched = {name: pending[name] for name in names}
     done = {
-        load.view.name: _prefill_seconds(load, pending[load.view.name], serving)
+        load.view.name: prefill_seconds(load, pending[load.view.name], serving.stretch)
         for load in serving.loads
     }
     for w in queue:
@@ -379,18 +385,18 @@ def ttft_walk(
             at, freed = heapq.heappop(ends)
             taken.append((at, freed))
             clock, slots, kv = max(clock, at), slots + 1, kv + freed
-        best, first, joins = candidates[0], math.inf, False
+        best, first, joins, best_tokens = candidates[0], math.inf, False, 0
         for load in candidates:
             name = load.view.name
             tokens = w.prefill_on(name)
-            own = clock + _prefill_seconds(load, tokens, serving)
+            own = clock + prefill_seconds(load, tokens, serving.stretch)
             under_way = clock < done[name]
             if under_way:  # batched with the prefill still under way there
-                batch = began[name] + _prefill_seconds(load, batched[name] + tokens, serving)
+                batch = began[name] + prefill_seconds(load, batched[name] + tokens, serving.stretch)
                 own = max(own, batch)
             own += load.view.loadable.get(w.model, 0.0)  # its adapter's load, if any
             if own < first:
-                best, first, joins = load, own, under_way
+                best, first, joins, best_tokens = load, own, under_way, tokens
         predicted[w.ticket] = first
         if not keep(w, first):
             for event in taken:  # it starts nothing: what it waited for is still to come
@@ -398,26 +404,17 @@ def ttft_walk(
             clock, slots, kv = before
             continue
         name = best.view.name
-        tokens = w.prefill_on(name)
         if joins:
-            batched[name] += tokens
+            batched[name] += best_tokens
         else:
-            began[name], batched[name] = clock, tokens
+            began[name], batched[name] = clock, best_tokens
         done[name] = max(done[name], first)
         if clock <= 0.0:
-            pending[name] += tokens
+            pending[name] += best_tokens
         slots -= 1
         kv -= need
         heapq.heappush(ends, (first + w.predicted_tokens * per_token, need))
     return predicted
-
-
-def _prefill_seconds(load: BackendLoad, tokens: int, serving: Serving) -> float:
-    params = load.view.prefill
-    if params is None:
-        return 0.0
-    seconds = params.predict(tokens)
-    return seconds * load.view.prefill_error if serving.stretch else seconds
 
 
 def ttft_rejections(

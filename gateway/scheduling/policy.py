@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -239,9 +240,7 @@ class SloPolicy:
         now (VBS admission's room at the model's tightest target). Credits ration slots among
         tiers: where every waiting request has one, they hold nobody back (a loose request
         would only wait passes for a slot no one else wants, and lose that time of its TTFT)."""
-        wanted: dict[str, int] = {}
-        for w in waiting:
-            wanted[w.model] = wanted.get(w.model, 0) + 1
+        wanted = Counter(w.model for w in waiting)
         serving = [load for load in loads if load.view.healthy]
         scarce = set()
         for model, count in wanted.items():
